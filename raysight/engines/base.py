@@ -1,0 +1,66 @@
+"""The shape every engine has: preprocess (CPU, per item), infer (one batched call on the
+device), postprocess (per item). Serve deployments and Ray Data mappers only call these."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+from raysight.errors import RaysightError
+
+logger = logging.getLogger(__name__)
+
+
+class Engine:
+    """Base class: holds the loaded model and runs the three steps with per-item errors."""
+
+    task = ""
+
+    def __init__(self, loaded):
+        self.loaded = loaded
+        self.spec = loaded.spec
+        self.model = loaded.model
+        self.processor = loaded.processor
+        self.family = loaded.family
+        self.device = loaded.device
+        self.dtype = loaded.dtype
+
+    def preprocess(self, request: Any) -> Any:
+        raise NotImplementedError
+
+    def infer(self, batch: list[Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def postprocess(self, output: Any) -> Any:
+        raise NotImplementedError
+
+    def preprocess_safely(self, request: Any) -> Any:
+        """preprocess, with any failure returned as a RaysightError instead of raised."""
+        try:
+            return self.preprocess(request)
+        except RaysightError as exc:
+            return exc
+        except Exception as exc:  # noqa: BLE001 - one bad item must not fail the batch
+            logger.exception("preprocess failed")
+            return RaysightError(f"could not prepare this input: {type(exc).__name__}: {exc}")
+
+    def infer_and_postprocess(self, prepared: Sequence[Any]) -> list[Any]:
+        """Run infer on the items that prepared cleanly; errors keep their places."""
+        ready = [i for i, item in enumerate(prepared) if not isinstance(item, RaysightError)]
+        results: list[Any] = list(prepared)
+        if ready:
+            outputs = self.infer([prepared[i] for i in ready])
+            for index, output in zip(ready, outputs):
+                if isinstance(output, RaysightError):
+                    results[index] = output
+                    continue
+                try:
+                    results[index] = self.postprocess(output)
+                except Exception as exc:  # noqa: BLE001
+                    logger.exception("postprocess failed")
+                    results[index] = RaysightError(f"could not shape the answer: {exc}")
+        return results
+
+    def run(self, requests: Sequence[Any]) -> list[Any]:
+        """All three steps over `requests`; each result is an answer or a RaysightError."""
+        return self.infer_and_postprocess([self.preprocess_safely(r) for r in requests])

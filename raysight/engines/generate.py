@@ -1,0 +1,258 @@
+"""The generate engine: chats with images in, text out, in the three steps of DESIGN.md.
+
+Batching never changes an answer: prompts are padded on the left with attention masks, the
+family decides which items may share one `generate` call, and each item's tokens are cut
+at its own limit and its own end-of-sequence token.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable
+
+from raysight.chat import count_images, prompt_messages, split_messages
+from raysight.engines.base import Engine
+from raysight.errors import InvalidRequest, RaysightError
+from raysight.families import ModelInputs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerateRequest:
+    """One chat to answer. Unset sampling fields take the ModelSpec's defaults."""
+
+    messages: list[dict]
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    min_new_tokens: int = 0
+    # Called from the model thread with each new piece of text, for streaming.
+    on_text: Callable[[str], None] | None = None
+
+    @classmethod
+    def from_prompt(cls, prompt: str | None, image: Any = None, **kwargs) -> "GenerateRequest":
+        """A plain (image, prompt) pair as a one-turn chat."""
+        return cls(messages=prompt_messages(prompt, image), **kwargs)
+
+
+@dataclass
+class GenerateResult:
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (end-of-sequence) or "length" (hit max_new_tokens)
+
+
+@dataclass
+class PreparedChat:
+    """A preprocessed chat: model inputs plus the sampling settings that group it."""
+
+    inputs: ModelInputs
+    max_new_tokens: int
+    min_new_tokens: int
+    temperature: float
+    top_p: float
+    on_text: Callable[[str], None] | None = None
+    group: Hashable = field(default=None)
+
+
+@dataclass
+class GeneratedTokens:
+    """One item's new token ids, cut at its own limit / end-of-sequence."""
+
+    token_ids: list[int]
+    prompt_tokens: int
+    finish_reason: str
+
+
+class GenerateEngine(Engine):
+    """images + chat -> text for any generative family."""
+
+    task = "generate"
+
+    def __init__(self, loaded):
+        super().__init__(loaded)
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        self.tokenizer = tokenizer
+        config = self.model.generation_config
+        eos = config.eos_token_id
+        if eos is None:
+            eos = tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
+        # Families like BLIP stop on [SEP]; take it from the text config when it is set.
+        text_config = getattr(self.model.config, "text_config", None)
+        sep = getattr(text_config, "sep_token_id", None)
+        if self.family.name == "blip" and sep is not None:
+            self.eos_ids.add(sep)
+        pad = config.pad_token_id if config.pad_token_id is not None else tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else next(iter(self.eos_ids))
+
+    # -- 1. preprocess (CPU, per item) ---------------------------------------------------
+    def preprocess(self, request: GenerateRequest) -> PreparedChat:
+        from raysight.images import check_image_count, load_image
+
+        spec = self.spec
+        defaults = spec.generation
+        max_new = request.max_new_tokens or defaults.max_new_tokens
+        if max_new > defaults.max_new_tokens_limit:
+            raise InvalidRequest(
+                f"max_new_tokens={max_new} is over this model's limit of "
+                f"{defaults.max_new_tokens_limit} (generation.max_new_tokens_limit)"
+            )
+        temperature = defaults.temperature if request.temperature is None else request.temperature
+        top_p = defaults.top_p if request.top_p is None else request.top_p
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise InvalidRequest("temperature must be >= 0 and top_p in (0, 1]")
+        if request.min_new_tokens > max_new:
+            raise InvalidRequest("min_new_tokens must not be above max_new_tokens")
+        check_image_count(count_images(request.messages), spec.images)
+        messages, images = split_messages(
+            request.messages, lambda source: load_image(source, spec.images)
+        )
+        inputs = self.family.build_inputs(self.processor, messages, images)
+        if inputs.prompt_tokens > spec.max_text_tokens:
+            raise InvalidRequest(
+                f"the prompt is {inputs.prompt_tokens} tokens long; this model accepts at most "
+                f"{spec.max_text_tokens} (max_text_tokens)"
+            )
+        greedy = temperature == 0
+        group = (
+            self.family.batch_key(inputs),
+            request.min_new_tokens,
+            None if greedy else (temperature, top_p),
+        )
+        return PreparedChat(
+            inputs=inputs,
+            max_new_tokens=max_new,
+            min_new_tokens=request.min_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            on_text=request.on_text,
+            group=group,
+        )
+
+    # -- 2. infer (device, one batched call per compatible group) ------------------------
+    def infer(self, batch: list[PreparedChat]) -> list[GeneratedTokens | RaysightError]:
+        results: list[GeneratedTokens | RaysightError | None] = [None] * len(batch)
+        groups: dict[Hashable, list[int]] = {}
+        for index, item in enumerate(batch):
+            groups.setdefault(item.group, []).append(index)
+        for indices in groups.values():
+            for start in range(0, len(indices), self.spec.max_batch_size):
+                chunk = indices[start : start + self.spec.max_batch_size]
+                self._infer_group(batch, chunk, results)
+        return results  # type: ignore[return-value]
+
+    def _infer_group(self, batch, chunk: list[int], results: list) -> None:
+        items = [batch[i] for i in chunk]
+        try:
+            outputs = self._generate(items)
+        except Exception as exc:  # noqa: BLE001 - isolate the failing item below
+            if len(items) == 1:
+                logger.exception("generate failed for one item")
+                results[chunk[0]] = _as_item_error(exc)
+                return
+            logger.warning("batched generate failed (%s); retrying items one by one", exc)
+            for index in chunk:
+                self._infer_group(batch, [index], results)
+            return
+        for index, output in zip(chunk, outputs):
+            results[index] = output
+
+    def _generate(self, items: list[PreparedChat]) -> list[GeneratedTokens]:
+        import torch
+
+        batch = self.family.collate([item.inputs for item in items], self.pad_token_id)
+        batch = {
+            key: value.to(self.device, dtype=self.dtype) if value.is_floating_point()
+            else value.to(self.device)
+            for key, value in batch.items()
+        }
+        first = items[0]
+        sampling: dict[str, Any] = {"do_sample": False}
+        if first.temperature > 0:
+            sampling = {"do_sample": True, "temperature": first.temperature, "top_p": first.top_p}
+        streamer = _RowStreamer(self, items) if any(i.on_text for i in items) else None
+        with torch.inference_mode():
+            sequences = self.model.generate(
+                **batch,
+                max_new_tokens=max(item.max_new_tokens for item in items),
+                min_new_tokens=first.min_new_tokens or None,
+                streamer=streamer,
+                **self.family.generate_kwargs(self.pad_token_id),
+                **sampling,
+            )
+        start = self.family.generated_start(batch)
+        new_tokens = sequences[:, start:].tolist()
+        return [self._cut(row, item) for row, item in zip(new_tokens, items)]
+
+    def _cut(self, row: list[int], item: PreparedChat) -> GeneratedTokens:
+        kept: list[int] = []
+        finish = "length"
+        for token in row[: item.max_new_tokens]:
+            if token in self.eos_ids:
+                finish = "stop"
+                break
+            kept.append(token)
+        return GeneratedTokens(kept, item.inputs.prompt_tokens, finish)
+
+    # -- 3. postprocess (per item) -------------------------------------------------------
+    def postprocess(self, output: GeneratedTokens) -> GenerateResult:
+        text = self.tokenizer.decode(output.token_ids, skip_special_tokens=True).strip()
+        return GenerateResult(
+            text=text,
+            token_ids=output.token_ids,
+            prompt_tokens=output.prompt_tokens,
+            completion_tokens=len(output.token_ids),
+            finish_reason=output.finish_reason,
+        )
+
+
+def _as_item_error(exc: Exception) -> RaysightError:
+    if isinstance(exc, RaysightError):
+        return exc
+    return RaysightError(f"the model failed on this input: {type(exc).__name__}: {exc}")
+
+
+class _RowStreamer:
+    """A `generate` streamer that hands each row's new text to its item's `on_text`."""
+
+    def __init__(self, engine: GenerateEngine, items: list[PreparedChat]):
+        self.engine = engine
+        self.items = items
+        self.tokens: list[list[int]] = [[] for _ in items]
+        self.sent: list[str] = ["" for _ in items]
+        self.done = [item.on_text is None for item in items]
+        self.prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:  # generate first puts the prompt itself
+            self.prompt_seen = True
+            return
+        for row, token in enumerate(value.reshape(-1).tolist()):
+            if self.done[row]:
+                continue
+            item = self.items[row]
+            if token in self.engine.eos_ids:
+                self.done[row] = True
+                continue
+            self.tokens[row].append(token)
+            if len(self.tokens[row]) >= item.max_new_tokens:
+                self.done[row] = True
+            self._emit(row)
+
+    def _emit(self, row: int) -> None:
+        text = self.engine.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
+        # Hold back a partial multi-byte character until its last byte arrives.
+        if text.endswith("\ufffd"):
+            return
+        delta = text[len(self.sent[row]) :]
+        if delta:
+            self.sent[row] = text
+            self.items[row].on_text(delta)
+
+    def end(self) -> None:
+        pass

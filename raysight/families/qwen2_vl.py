@@ -1,0 +1,67 @@
+"""Qwen2-VL / Qwen2.5-VL quirks.
+
+The stock `Qwen2VLProcessor` requires a video processor, and the video processor requires
+torchvision. Where torchvision is missing (this project's CPU machines) an image-only
+subclass loads the same folder; where torchvision is present users get the stock processor.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+from transformers import Qwen2VLProcessor
+
+from raysight.families.base import GenerativeFamily
+
+logger = logging.getLogger(__name__)
+
+
+class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
+    """Qwen2-VL processor without the video processor (and so without torchvision)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            video_processor=None,
+            chat_template=chat_template,
+            **kwargs,
+        )
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """Save under the stock class name, so the folder loads like any Qwen2-VL folder."""
+        result = super().save_pretrained(save_directory, **kwargs)
+        _rename_processor_class(save_directory, type(self).__name__, "Qwen2VLProcessor")
+        return result
+
+
+def _rename_processor_class(folder, old: str, new: str) -> None:
+    import json
+    from pathlib import Path
+
+    for path in Path(folder).glob("*.json"):
+        text = path.read_text(encoding="utf-8")
+        if f'"{old}"' not in text:
+            continue
+        data = json.loads(text)
+        if data.get("processor_class") == old:
+            data["processor_class"] = new
+            path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+class Qwen2VLFamily(GenerativeFamily):
+    """Qwen2-VL and Qwen2.5-VL: chat template, M-RoPE positions from the attention mask."""
+
+    name = "qwen2-vl"
+    model_types = ("qwen2_vl", "qwen2_5_vl")
+
+    def load_processor(self, source: str, **kwargs):
+        from transformers import AutoProcessor
+
+        if importlib.util.find_spec("torchvision") is not None:
+            try:
+                return AutoProcessor.from_pretrained(source, **kwargs)
+            except (ImportError, RuntimeError) as exc:  # torchvision present but broken
+                logger.warning("stock Qwen2-VL processor failed (%s); using image-only", exc)
+        return Qwen2VLImageOnlyProcessor.from_pretrained(source, **kwargs)

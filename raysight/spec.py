@@ -1,0 +1,179 @@
+"""ModelSpec: everything raysight needs to know about one model, in one frozen object.
+
+YAML files and CLI flags only build a ModelSpec; the serve app and the batch jobs read it.
+The ``Field(description=...)`` texts are the documentation (the README's configuration
+reference is generated from them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from raysight.errors import ConfigError
+
+Task = Literal["generate", "embed"]
+DType = Literal["auto", "float32", "float16", "bfloat16"]
+
+BUILTIN_PREFIX = "builtin:"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ImageInputPolicy(_Frozen):
+    """Which image sources are accepted and how large an image may be."""
+
+    max_image_bytes: int = Field(
+        20 * 1024 * 1024, gt=0, description="Largest encoded image accepted, in bytes."
+    )
+    max_image_pixels: int = Field(
+        40_000_000,
+        gt=0,
+        description="Largest width x height accepted. Checked from the header, before decoding "
+        "(decompression bombs are refused without being decoded).",
+    )
+    max_images_per_request: int = Field(
+        4, gt=0, description="Most images one request (one chat or one row) may carry."
+    )
+    resize_max_side: int | None = Field(
+        None,
+        gt=0,
+        description="If set, images whose longer side is above this are downscaled to it "
+        "(aspect ratio kept) before the processor sees them.",
+    )
+    allow_local_paths: bool = Field(
+        False, description="Accept local file paths as image sources (only under local_path_root)."
+    )
+    local_path_root: str | None = Field(
+        None,
+        description="The folder local image paths must resolve inside. Required when "
+        "allow_local_paths is on.",
+    )
+    allow_urls: bool = Field(False, description="Accept http(s) URLs as image sources.")
+    url_allowlist: tuple[str, ...] = Field(
+        (),
+        description="Domains URLs may point to (a domain also allows its subdomains). Empty "
+        "means any public domain. Private, loopback and link-local addresses are always refused.",
+    )
+    url_timeout_s: float = Field(10.0, gt=0, description="Timeout for fetching one image URL.")
+    url_max_redirects: int = Field(3, ge=0, description="Most redirects followed for one URL.")
+
+    @model_validator(mode="after")
+    def _root_when_paths_allowed(self) -> "ImageInputPolicy":
+        if self.allow_local_paths and not self.local_path_root:
+            raise ValueError(
+                "allow_local_paths is on but local_path_root is not set; set local_path_root "
+                "to the folder images may be read from"
+            )
+        return self
+
+
+class GenerationDefaults(_Frozen):
+    """Sampling settings used when a request does not give its own."""
+
+    max_new_tokens: int = Field(64, gt=0, description="Default number of new tokens.")
+    max_new_tokens_limit: int = Field(
+        1024, gt=0, description="Largest max_new_tokens a request may ask for."
+    )
+    temperature: float = Field(0.0, ge=0.0, description="0 means greedy decoding.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+
+
+class ModelSpec(_Frozen):
+    """One model: where it comes from, what it does, how it runs, what input it accepts."""
+
+    model: str = Field(
+        description="A Hugging Face model id, a local folder, or 'builtin:NAME' for a model "
+        "shipped with raysight (builtin:shapes-vlm, builtin:shapes-clip)."
+    )
+    name: str | None = Field(
+        None,
+        description="The name clients use for this model (the 'model' field of API requests). "
+        "Defaults to the last part of `model`.",
+    )
+    task: Task | None = Field(
+        None,
+        description="'generate' (images + prompt -> text) or 'embed' (image/text -> vector, "
+        "zero-shot classify). Inferred from the model's config when not set.",
+    )
+    dtype: DType = Field(
+        "auto", description="Weights dtype. 'auto' is float32 on CPU and bfloat16 on CUDA."
+    )
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    revision: str | None = Field(None, description="Model revision (branch, tag or commit).")
+    trust_remote_code: bool = Field(
+        False, description="Allow code shipped with the model to run. Off unless you trust it."
+    )
+    max_batch_size: int = Field(8, gt=0, description="Most items one forward/generate takes.")
+    batch_wait_timeout_s: float = Field(
+        0.005,
+        ge=0,
+        description="Online: how long a batch waits for more requests once the model is free.",
+    )
+    max_text_tokens: int = Field(
+        4096, gt=0, description="Longest prompt accepted, in tokens after the chat template."
+    )
+    generation: GenerationDefaults = Field(
+        default_factory=GenerationDefaults, description="Sampling defaults (generate task)."
+    )
+    images: ImageInputPolicy = Field(
+        default_factory=ImageInputPolicy, description="Image sources and size limits."
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (
+            value.startswith("cuda:") and value[5:].isdigit()
+        ):
+            return value
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}")
+
+    @field_validator("model")
+    @classmethod
+    def _model_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("model must name a Hugging Face id, a local folder or builtin:NAME")
+        return value
+
+    @property
+    def served_name(self) -> str:
+        """The name clients use in requests."""
+        if self.name:
+            return self.name
+        if self.model.startswith(BUILTIN_PREFIX):
+            return self.model[len(BUILTIN_PREFIX) :]
+        return self.model.rstrip("/").split("/")[-1]
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "ModelSpec":
+        """Build a spec from a YAML file holding one mapping of ModelSpec fields."""
+        return cls.from_mapping(_read_yaml(path), source=str(path))
+
+    @classmethod
+    def from_mapping(cls, data: object, source: str = "config") -> "ModelSpec":
+        """Build a spec from a plain mapping, turning validation errors into ConfigError."""
+        from pydantic import ValidationError
+
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of ModelSpec fields")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(f"{source}: invalid model spec:\n{exc}") from None
+
+
+def _read_yaml(path: str | Path) -> object:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
