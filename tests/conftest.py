@@ -1,0 +1,46 @@
+"""Fixtures every test layer shares: tiny random models of real architectures, built
+offline once per session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Nothing in the tests may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ARCHITECTURES = ("qwen2-vl", "qwen2.5-vl", "llava", "blip", "clip")
+GENERATIVE = ("qwen2-vl", "qwen2.5-vl", "llava", "blip")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, str]:
+    """Architecture name -> folder of a tiny randomly initialised model with its processor."""
+    from raysight.random_models import build_random_model
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {arch: str(build_random_model(arch, root / arch)) for arch in ARCHITECTURES}
+
+
+@pytest.fixture()
+def rng():
+    import numpy as np
+
+    return np.random.default_rng(1234)
+
+
+def noise_image(rng, width: int, height: int):
+    """A random RGB image: every pixel differs, so different images give different answers."""
+    from PIL import Image
+
+    return Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype="uint8"))
+
+
+def png_bytes(image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
