@@ -1,0 +1,153 @@
+"""The `raysight` command. Each subcommand builds a ModelSpec and calls a library function.
+
+    raysight ask   --model builtin:shapes-vlm --image X.png --prompt "What color is the shape?"
+    raysight embed --model builtin:shapes-clip (--image X.png | --text "a red circle")
+    raysight serve --model builtin:shapes-vlm --model builtin:shapes-clip [--port 8000]
+    raysight job caption|embed|classify|index ...   (same flags as python -m batch_jobs.JOB)
+    raysight demo  (the end-to-end tour on the built-in models)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from raysight.errors import RaysightError
+from raysight.spec import ModelSpec
+
+
+def add_spec_arguments(parser: argparse.ArgumentParser, *, multiple: bool = False) -> None:
+    """Flags that build a ModelSpec: --model (or --config YAML) plus common overrides."""
+    parser.add_argument(
+        "--model",
+        action="append" if multiple else "store",
+        help="Hugging Face id, local folder or builtin:NAME (builtin:shapes-vlm, builtin:shapes-clip)",
+    )
+    parser.add_argument("--config", action="append" if multiple else "store",
+                        help="a ModelSpec YAML file (instead of --model)")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
+    parser.add_argument("--max-batch-size", type=int)
+
+
+def spec_from_arguments(args: argparse.Namespace, model: str | None = None,
+                        config: str | None = None) -> ModelSpec:
+    """One ModelSpec from the parsed flags (YAML first, flags override)."""
+    data: dict = {}
+    if config:
+        data.update(ModelSpec.from_yaml(config).model_dump(exclude_unset=True))
+    if model:
+        data["model"] = model
+    overrides = {"device": args.device, "dtype": args.dtype, "max_batch_size": args.max_batch_size}
+    data.update({key: value for key, value in overrides.items() if value is not None})
+    if "model" not in data:
+        raise RaysightError("give --model (or --config with a ModelSpec YAML)")
+    return ModelSpec.from_mapping(data, source="command line")
+
+
+def _read_image(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise RaysightError(f"cannot read image {path}: {exc.strerror}") from None
+
+
+def run_ask(args: argparse.Namespace) -> int:
+    from raysight.engines import build_engine
+    from raysight.engines.generate import GenerateRequest
+
+    spec = spec_from_arguments(args, args.model, args.config)
+    engine = build_engine(spec)
+    if engine.task != "generate":
+        raise RaysightError(f"{spec.model} is an embedding model; `ask` needs a generative one")
+    image = _read_image(args.image) if args.image else None
+    request = GenerateRequest.from_prompt(args.prompt, image, max_new_tokens=args.max_new_tokens)
+    result = engine.run([request])[0]
+    if isinstance(result, RaysightError):
+        raise result
+    print(result.text)
+    return 0
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    from raysight.engines import build_engine
+    from raysight.engines.embed import EmbedRequest
+
+    spec = spec_from_arguments(args, args.model, args.config)
+    engine = build_engine(spec)
+    if engine.task != "embed":
+        raise RaysightError(f"{spec.model} is a generative model; `embed` needs a dual encoder")
+    if bool(args.image) == bool(args.text):
+        raise RaysightError("give exactly one of --image PATH or --text TEXT")
+    request = EmbedRequest(image=_read_image(args.image)) if args.image else EmbedRequest(text=args.text)
+    result = engine.run([request])[0]
+    if isinstance(result, RaysightError):
+        raise result
+    head = ", ".join(f"{value:.4f}" for value in result.vector[:8])
+    print(f"dim={len(result.vector)} first values: [{head}, ...]")
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from serve_app.launch import serve_command
+
+    return serve_command(args.rest)
+
+
+def run_job(args: argparse.Namespace) -> int:
+    import importlib
+
+    module = importlib.import_module(f"batch_jobs.{args.job}")
+    return module.main(args.rest) or 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from raysight.demo import main as demo_main
+
+    return demo_main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raysight", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ask = commands.add_parser("ask", help="answer a prompt about an image")
+    add_spec_arguments(ask)
+    ask.add_argument("--image", help="path of the image")
+    ask.add_argument("--prompt", default=None, help="the question; leave out to caption")
+    ask.add_argument("--max-new-tokens", type=int, default=None)
+    ask.set_defaults(handler=run_ask)
+
+    embed = commands.add_parser("embed", help="embed an image or a text")
+    add_spec_arguments(embed)
+    embed.add_argument("--image")
+    embed.add_argument("--text")
+    embed.set_defaults(handler=run_embed)
+
+    for name, handler, text in (
+        ("serve", run_serve, "serve models over HTTP on Ray Serve (see `raysight serve --help`)"),
+        ("demo", run_demo, "run the end-to-end tour on the built-in models"),
+    ):
+        sub = commands.add_parser(name, help=text, add_help=False)
+        sub.add_argument("rest", nargs=argparse.REMAINDER)
+        sub.set_defaults(handler=handler)
+
+    job = commands.add_parser("job", help="run an offline job (caption, embed, classify, index)")
+    job.add_argument("job", choices=["caption", "embed", "classify", "index"])
+    job.add_argument("rest", nargs=argparse.REMAINDER)
+    job.set_defaults(handler=run_job)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except RaysightError as exc:
+        print(f"raysight: error: {exc.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
