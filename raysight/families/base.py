@@ -72,7 +72,9 @@ class GenerativeFamily:
         """Pad per-token tensors on the left; concatenate image tensors along dim 0."""
         import torch
 
-        width = max(item.tensors["input_ids"].shape[1] for item in items)
+        # Items without a prompt (BLIP captioning) carry no input_ids at all.
+        width = max((item.tensors["input_ids"].shape[1] for item in items
+                     if "input_ids" in item.tensors), default=0)
         batch: dict[str, Any] = {}
         for key in items[0].tensors:
             values = [item.tensors.get(key) for item in items]
