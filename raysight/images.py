@@ -1,0 +1,445 @@
+"""Image input: bytes, base64, data URLs, local paths and http(s) URLs in, RGB images out.
+
+Every image raysight accepts, online or offline, comes through here, so the limits in
+``ImageInputPolicy`` hold everywhere. A refused image raises a typed ``ImageError`` whose
+message says what was wrong, the limit, and the setting (``images.<field>``) that governs it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import ipaddress
+import os
+import re
+import socket
+import stat
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
+
+from raysight.errors import (CorruptImage, EmptyImage, ImageError, ImageFetchFailed,
+                             ImageTooLarge, InvalidBase64, InvalidDataURL, LocalPathRefused,
+                             NotAnImage, TooManyImages, URLRefused)
+from raysight.spec import ImageInputPolicy
+
+if TYPE_CHECKING:
+    import httpx
+    from PIL import Image
+
+# Formats decoded. Others PIL knows (EPS runs Ghostscript, PSD, ...) are refused on purpose.
+_ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
+_BASE64_FORBIDDEN = re.compile(r"[^A-Za-z0-9+/=_-]")
+_URL_SCHEME = re.compile(r"([a-z][a-z0-9+.-]*)://")
+_REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+_clock = time.monotonic  # tests replace it to run the fetch deadline without sleeping
+
+
+# --- bytes -------------------------------------------------------------------------------
+
+
+def decode_image_bytes(data: bytes, policy: ImageInputPolicy) -> Image.Image:
+    """Decode encoded image bytes into a fully loaded RGB image within the policy's limits."""
+    if not data:
+        raise EmptyImage("the image data is empty (0 bytes)")
+    _check_byte_count(len(data), policy, "the image")
+    image = _open_header(bytes(data))
+    _check_pixel_count(image.size, policy)
+    if policy.resize_max_side and image.format in ("JPEG", "MPO"):
+        # JPEG decodes straight at 1/2, 1/4 or 1/8 scale; draft never goes below the target.
+        image.draft(image.mode, (policy.resize_max_side, policy.resize_max_side))
+    _load_fully(image)
+    return _normalise(image, policy)
+
+
+def _open_header(data: bytes) -> Image.Image:
+    from PIL import Image, UnidentifiedImageError
+
+    # raysight checks width x height against the policy right after this header-only open.
+    # PIL's process-wide bomb check would otherwise fire first, at its own limit and with
+    # its own message, so it is switched off: the policy's limit is the one that counts.
+    Image.MAX_IMAGE_PIXELS = None
+    Image.init()
+    formats = [fmt for fmt in _ACCEPTED_FORMATS if fmt in Image.OPEN]
+    try:
+        return Image.open(io.BytesIO(data), formats=formats)
+    except UnidentifiedImageError:
+        raise NotAnImage(f"the data is not an image in a supported format ("
+                         f"{', '.join(_ACCEPTED_FORMATS)}); it starts with {data[:12]!r}") from None
+    except Exception as exc:  # a plugin choking on a malformed header
+        raise CorruptImage(f"the image header is truncated or damaged: {exc}") from None
+
+
+def _load_fully(image: Image.Image) -> None:
+    # Decoders raise many types on bad input (OSError, SyntaxError, struct.error, ...); all of
+    # them mean the same thing here. LOAD_TRUNCATED_IMAGES is left as PIL ships it (False).
+    try:
+        image.load()
+    except MemoryError:
+        raise
+    except Exception as exc:
+        message = f"the image cannot be decoded; it is truncated or damaged ({exc})"
+        raise CorruptImage(message) from None
+
+
+def _normalise(image: Image.Image, policy: ImageInputPolicy) -> Image.Image:
+    from PIL import ImageOps
+
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:
+        pass  # damaged EXIF must not cost a readable picture: keep it as stored
+    return _downscale(_to_rgb(image), policy.resize_max_side)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    from PIL import Image
+
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        # convert("RGB") would clip deep gray to white: map 0..65535 (float: 0..1) onto 0..255.
+        scale = 255.0 if image.mode == "F" and image.getextrema()[1] <= 1.0 else 1 / 257
+        image = image.convert("F").point(lambda value: value * scale).convert("L")
+    if image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if image.mode == "RGB":
+        return image
+    try:
+        return image.convert("RGB")
+    except ValueError as exc:
+        raise NotAnImage(f"images of mode {image.mode} cannot be converted to RGB: {exc}") from None
+
+
+def _downscale(image: Image.Image, max_side: int | None) -> Image.Image:
+    from PIL import Image
+
+    width, height = image.size
+    if not max_side or max(width, height) <= max_side:
+        return image
+    scale = max_side / max(width, height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC)
+
+
+def _check_byte_count(count: int, policy: ImageInputPolicy, what: str) -> None:
+    if count > policy.max_image_bytes:
+        raise ImageTooLarge(f"{what} is {count:,} bytes; the limit is "
+                            f"{policy.max_image_bytes:,} bytes (images.max_image_bytes)")
+
+
+def _check_pixel_count(size: tuple[int, int], policy: ImageInputPolicy) -> None:
+    width, height = size
+    if width * height > policy.max_image_pixels:
+        raise ImageTooLarge(f"the image is {width}x{height} = {width * height:,} pixels; the limit "
+                            f"is {policy.max_image_pixels:,} pixels (images.max_image_pixels)")
+
+
+def _decode_from(label: str, data: bytes, policy: ImageInputPolicy) -> Image.Image:
+    """Decode bytes read from a path or URL, naming that source in any error."""
+    try:
+        return decode_image_bytes(data, policy)
+    except ImageError as exc:
+        raise type(exc)(f"{label}: {exc.message}") from None
+
+
+# --- base64 and data URLs ------------------------------------------------------------------
+
+
+def decode_base64_image(text: str, policy: ImageInputPolicy) -> Image.Image:
+    """Decode a base64 image (standard or URL-safe alphabet, line breaks allowed)."""
+    _check_text_length(len(text), policy)
+    clean = "".join(text.split())
+    if not clean:
+        raise EmptyImage("the image string is empty; send the image file's bytes base64-encoded")
+    body = clean.rstrip("=")
+    _check_byte_count(len(body) * 3 // 4, policy, "the decoded base64 image")
+    return decode_image_bytes(_decode_base64(clean), policy)
+
+
+def _decode_base64(clean: str) -> bytes:
+    """Strict base64: standard or URL-safe alphabet, padding optional, nothing else."""
+    body = clean.rstrip("=")
+    urlsafe = "-" in body or "_" in body
+    bad = _BASE64_FORBIDDEN.search(clean)
+    if bad:
+        problem = (f"character {bad.group()!r} at position {bad.start()} (whitespace ignored) "
+                   "is not in the base64 alphabet")
+        if clean.startswith(("/", "./", "../", "~")):
+            problem += "; to send a local file use a file:// URL (needs images.allow_local_paths)"
+    elif "=" in body:
+        problem = "'=' padding appears before the end"
+    elif urlsafe and ("+" in body or "/" in body):
+        problem = "it mixes the standard (+ /) and URL-safe (- _) alphabets"
+    elif len(body) % 4 == 1:
+        problem = f"its length ({len(body)} characters without padding) is impossible; cut off?"
+    else:
+        padded = body + "=" * (-len(body) % 4)
+        try:
+            return base64.b64decode(padded, altchars=b"-_" if urlsafe else None, validate=True)
+        except binascii.Error as exc:
+            problem = str(exc)
+    raise InvalidBase64(f"the image is not valid base64: {problem}. Send the image file's bytes "
+                        "base64-encoded, or a data:image/...;base64, URL")
+
+
+def _check_text_length(length: int, policy: ImageInputPolicy) -> None:
+    # Cheap refusal before any copy: base64 takes 4 characters per 3 bytes; a quarter more
+    # leaves room for line breaks.
+    limit = (policy.max_image_bytes // 3 + 1) * 4 * 5 // 4 + 1024
+    if length > limit:
+        raise ImageTooLarge(f"the image string is {length:,} characters; base64 of an image "
+                            f"within images.max_image_bytes ({policy.max_image_bytes:,} bytes) "
+                            f"is at most about {limit:,}")
+
+
+def decode_data_url(url: str, policy: ImageInputPolicy) -> Image.Image:
+    """Decode a ``data:image/<type>;base64,<payload>`` URL."""
+    _check_text_length(len(url), policy)
+    url = url.strip()
+    expected = "expected data:image/<type>;base64,<data>"
+    if url[:5].lower() != "data:":
+        raise InvalidDataURL(f"a data URL must start with 'data:'; {expected}")
+    header, comma, payload = url[5:].partition(",")
+    if not comma:
+        raise InvalidDataURL(f"the data URL has no ',' between header and data; {expected}")
+    media_type, *params = [part.strip().lower() for part in header.split(";")]
+    if not media_type.startswith("image/"):
+        raise InvalidDataURL(f"the data URL has media type {media_type or '(none)'!r}; expected "
+                             "an image type such as image/png or image/jpeg")
+    if "base64" not in params:
+        raise InvalidDataURL(f"the data URL is not base64-encoded (header {header[:80]!r} lacks "
+                             f"';base64'); expected data:{media_type};base64,<data>")
+    return decode_base64_image(payload, policy)
+
+
+# --- local paths -------------------------------------------------------------------------
+
+
+def read_image_path(path: str, policy: ImageInputPolicy) -> Image.Image:
+    """Read an image file (a path or file:// URL) that resolves inside images.local_path_root.
+
+    Relative paths are taken relative to the root; symlinks are resolved before the check.
+    """
+    if not policy.allow_local_paths:
+        raise LocalPathRefused(
+            f"local image paths are turned off, so {path[:200]!r} was not read; set images."
+            "allow_local_paths: true and images.local_path_root to the folder to read from")
+    root = os.path.realpath(policy.local_path_root or "")
+    try:
+        target = os.path.realpath(os.path.join(root, _path_from_file_url(path)))
+    except ValueError as exc:  # e.g. an embedded NUL byte
+        raise ImageError(f"{path[:200]!r} is not a usable file path: {exc}") from None
+    if os.path.commonpath([root, target]) != root:
+        raise LocalPathRefused(
+            f"{path!r} resolves to {target} (symlinks followed), which is outside images."
+            f"local_path_root ({root}); put the image under that folder or change the root")
+    try:
+        info = os.stat(target)
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageError(f"image path {path} is not a regular file")
+        _check_byte_count(info.st_size, policy, f"image file {path}")
+        with open(target, "rb") as handle:
+            data = handle.read(policy.max_image_bytes + 1)
+    except FileNotFoundError:
+        raise ImageError(f"image file not found: {path}") from None
+    except OSError as exc:
+        raise ImageError(f"cannot read image file {path}: {exc.strerror or exc}") from None
+    _check_byte_count(len(data), policy, f"image file {path}")  # it may grow after stat
+    return _decode_from(f"image file {path}", data, policy)
+
+
+def _path_from_file_url(path: str) -> str:
+    if path[:7].lower() != "file://":
+        return path
+    parts = urlsplit(path)
+    if parts.netloc not in ("", "localhost"):
+        raise LocalPathRefused(f"{path!r} names host {parts.netloc!r}; file URLs may only "
+                               "name local files (file:///path/to/image.png)")
+    return unquote(parts.path)
+
+
+# --- http(s) URLs --------------------------------------------------------------------------
+
+
+def fetch_image_url(
+    url: str, policy: ImageInputPolicy, *, transport: httpx.BaseTransport | None = None
+) -> Image.Image:
+    """Fetch and decode an http(s) image URL that points to a public, allowed host.
+
+    ``transport`` lets tests answer requests without a network.
+    """
+    if not policy.allow_urls:
+        raise URLRefused(f"image URLs are turned off, so {_short(url)} was not fetched; set "
+                         "images.allow_urls: true (and images.url_allowlist to limit domains)")
+    import httpx
+
+    limit = policy.url_timeout_s
+    deadline = _clock() + limit
+    timed_out = f"fetching {_short(url)} took longer than {limit}s (images.url_timeout_s)"
+    current = url
+    # trust_env=False: a proxy from the environment would bypass the address checks.
+    with httpx.Client(transport=transport, timeout=limit, trust_env=False) as client:
+        for _ in range(policy.url_max_redirects + 1):
+            # Connect to the checked address, not the name: a DNS answer that changes between
+            # check and connect (rebinding) cannot redirect the request to a private host.
+            pinned_url, host_header, hostname = _check_url_target(current, policy)
+            headers = {"Host": host_header, "User-Agent": "raysight", "Accept": "image/*"}
+            tls_name = {"sni_hostname": hostname} if pinned_url.startswith("https") else {}
+            try:
+                with client.stream("GET", pinned_url, headers=headers, extensions=tls_name,
+                                   follow_redirects=False) as response:
+                    location = response.headers.get("location")
+                    if response.status_code in _REDIRECT_CODES and location:
+                        current = urljoin(current, location)
+                        continue
+                    if not response.is_success:
+                        raise ImageFetchFailed(f"fetching {_short(current)} returned HTTP "
+                                               f"{response.status_code} {response.reason_phrase}")
+                    data = _read_capped(response, policy, deadline, current, timed_out)
+            except httpx.TimeoutException:
+                raise ImageFetchFailed(timed_out) from None
+            except httpx.HTTPError as exc:
+                raise ImageFetchFailed(f"could not fetch {_short(current)}: {exc}") from None
+            return _decode_from(f"image from {_short(current)}", data, policy)
+    raise ImageFetchFailed(f"{_short(url)} redirected more than {policy.url_max_redirects} "
+                           "times (images.url_max_redirects)")
+
+
+def _read_capped(
+    response: httpx.Response, policy: ImageInputPolicy, deadline: float, url: str, timed_out: str
+) -> bytes:
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit():
+        _check_byte_count(int(declared), policy, f"the image at {_short(url)}")
+    chunks: list[bytes] = []
+    received = 0
+    for chunk in response.iter_bytes():
+        received += len(chunk)
+        if received > policy.max_image_bytes:
+            raise ImageTooLarge(f"the image at {_short(url)} is over {policy.max_image_bytes:,} "
+                                "bytes, the limit (images.max_image_bytes); stopped reading it")
+        if _clock() > deadline:
+            raise ImageFetchFailed(timed_out)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _check_url_target(url: str, policy: ImageInputPolicy) -> tuple[str, str, str]:
+    """Check a URL (or a redirect target): scheme, allowlist, every resolved address.
+
+    Returns the URL pinned to the checked IP address, the Host header and the host name.
+    """
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise URLRefused(f"only http and https image URLs are fetched; {_short(url)} has "
+                         f"scheme {scheme!r}")
+    hostname = (parts.hostname or "").rstrip(".")
+    if not hostname or "@" in parts.netloc:
+        raise URLRefused(f"the image URL {_short(url)} has no host, or has user credentials "
+                         "(user@host), which image URLs may not carry")
+    try:
+        port = parts.port
+    except ValueError:
+        raise URLRefused(f"the image URL {_short(url)} has an invalid port") from None
+    if policy.url_allowlist and not _host_allowed(hostname, policy.url_allowlist):
+        raise URLRefused(f"host {hostname!r} is not in images.url_allowlist ("
+                         f"{', '.join(policy.url_allowlist)}); add its domain there to allow it")
+    address = _resolve_public(hostname, port or (443 if scheme == "https" else 80), url)
+    netloc = (f"[{address}]" if address.version == 6 else str(address)) + (f":{port}" if port else "")
+    return urlunsplit((scheme, netloc, parts.path or "/", parts.query, "")), parts.netloc, hostname
+
+
+def _host_allowed(hostname: str, allowlist: tuple[str, ...]) -> bool:
+    """A listed domain allows itself and its subdomains ("example.com" not "badexample.com")."""
+    domains = [domain.strip().strip(".").lower() for domain in allowlist]
+    return any(hostname == d or hostname.endswith("." + d) for d in domains if d)
+
+
+def _resolve_public(hostname: str, port: int, url: str) -> _Address:
+    """Resolve a host; refuse it if ANY address is not public. Returns the one to connect to."""
+    try:
+        infos = socket.getaddrinfo(hostname, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise ImageFetchFailed(f"cannot resolve the host of {_short(url)}: {exc}") from None
+    addresses = []
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        if not _is_public(address):
+            raise URLRefused(f"{_short(url)} resolves to {address}, a private, loopback, "
+                             "link-local or otherwise non-public address; image URLs must point "
+                             "to public hosts (this is always refused)")
+        addresses.append(address)
+    return min(addresses, key=lambda address: address.version)  # IPv4 first: reachable more often
+
+
+def _is_public(address: _Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not (address.is_private or address.is_loopback
+                                      or address.is_link_local or address.is_multicast
+                                      or address.is_reserved or address.is_unspecified)
+
+
+def _short(url: str, limit: int = 120) -> str:
+    return url if len(url) <= limit else url[:limit] + "..."
+
+
+# --- dispatch and helpers ------------------------------------------------------------------
+
+
+def load_image_reference(ref: str, policy: ImageInputPolicy) -> Image.Image:
+    """Load an OpenAI ``image_url.url`` or ``/predict`` image string, whatever it holds.
+
+    A bare string is base64, never a path: JPEG base64 itself starts with "/9j/".
+    """
+    head = ref[:32].lstrip().lower()
+    if head.startswith("data:"):
+        return decode_data_url(ref, policy)
+    if head.startswith(("http://", "https://")):
+        return fetch_image_url(ref.strip(), policy)
+    if head.startswith("file://"):
+        return read_image_path(ref.strip(), policy)
+    scheme = _URL_SCHEME.match(head)
+    if scheme:
+        raise URLRefused(f"image references with scheme {scheme.group(1)!r} are not understood; "
+                         "send an http(s):// URL, a data:image/...;base64, URL, a file:// path "
+                         "or plain base64")
+    return decode_base64_image(ref, policy)
+
+
+def load_image(source: Any, policy: ImageInputPolicy) -> Image.Image:
+    """Load bytes, a PIL image, a path-like or a reference string into a checked RGB image."""
+    from PIL import Image
+
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return decode_image_bytes(bytes(source), policy)
+    if isinstance(source, Image.Image):
+        _check_pixel_count(source.size, policy)
+        _load_fully(source)
+        return _normalise(source, policy)
+    if isinstance(source, str):
+        return load_image_reference(source, policy)
+    if isinstance(source, os.PathLike):
+        return read_image_path(str(os.fspath(source)), policy)
+    raise ImageError(f"cannot load an image from a {type(source).__name__}; expected bytes, a "
+                     "PIL image, or a string (base64, data: URL, http(s) URL or file:// path)")
+
+
+def check_image_count(count: int, policy: ImageInputPolicy) -> None:
+    """Refuse a request (or row) that carries more images than the policy allows."""
+    if count > policy.max_images_per_request:
+        raise TooManyImages(f"this request has {count} images; the limit is "
+                            f"{policy.max_images_per_request} (images.max_images_per_request)")
+
+
+def image_digest(image: Image.Image) -> str:
+    """A stable hex hash of an image's mode, size and pixels (equal pixels, equal digest)."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{image.mode};{image.size[0]}x{image.size[1]};".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
