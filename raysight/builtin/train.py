@@ -1,0 +1,157 @@
+"""Reproduce a built-in model from scratch: ``python -m raysight.builtin.train shapes-clip``.
+
+Both models learn from a fixed pool of drawn shapes (preprocessed once by the model's own
+processor, exactly as at inference) and are scored on shapes drawn from another seed. The
+same seed and step count give the same weights on the same torch build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+# Training draws from seed S; held-out scoring from S + this, far from any seed tests use.
+HELD_OUT_OFFSET = 100_003
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How one training run goes; the defaults are the recipe the shipped models used."""
+
+    steps: int
+    seed: int = 0
+    batch_size: int = 128
+    lr: float = 3e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    pool_size: int = 50_000
+    held_out_size: int = 600
+    log_every: int = 100
+    eval_every: int = 500
+
+
+@dataclass(frozen=True)
+class ShapePool:
+    """Preprocessed images with their label index into `raysight.shapes.ALL_CAPTIONS`."""
+
+    pixel_values: "object"  # torch.Tensor [n, 3, H, W]
+    caption_index: "object"  # torch.LongTensor [n]
+    images: list  # the PIL images, kept for evaluating through the processor
+
+
+def make_pool(image_processor, n: int, seed: int, keep_images: bool = False) -> ShapePool:
+    """Draw `n` shapes from `seed` and run them through `image_processor` in chunks."""
+    import torch
+
+    from raysight.shapes import ALL_CAPTIONS, make_shapes
+
+    drawn = make_shapes(n, seed)
+    chunks = []
+    for start in range(0, n, 2000):
+        images = [image for image, _ in drawn[start : start + 2000]]
+        chunks.append(image_processor(images=images, return_tensors="pt")["pixel_values"])
+    index = torch.tensor([ALL_CAPTIONS.index(label.caption) for _, label in drawn])
+    kept = [image for image, _ in drawn] if keep_images else []
+    return ShapePool(pixel_values=torch.cat(chunks), caption_index=index, images=kept)
+
+
+def learning_rate(step: int, settings: TrainSettings) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    if step < settings.warmup_steps:
+        return settings.lr * (step + 1) / settings.warmup_steps
+    progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
+    return settings.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def fit(
+    model,
+    settings: TrainSettings,
+    batch_loss: Callable[["object"], "object"],
+    evaluate: Callable[[], dict[str, float]],
+) -> dict[str, float]:
+    """Run `settings.steps` AdamW steps of `batch_loss(batch_indices)`; print progress.
+
+    `evaluate` returns held-out scores; its "accuracy" entry is the headline number.
+    Returns the final scores plus the wall time in seconds.
+    """
+    import torch
+
+    # Weight decay on weight matrices only: not on embeddings, biases, norms or the temperature.
+    decay, rest = [], []
+    for name, param in model.named_parameters():
+        (decay if param.ndim >= 2 and "embedding" not in name else rest).append(param)
+    groups = [
+        {"params": decay, "weight_decay": settings.weight_decay},
+        {"params": rest, "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=settings.lr)
+    sampler = torch.Generator().manual_seed(settings.seed)
+    start, window = time.perf_counter(), []
+    for step in range(settings.steps):
+        model.train()
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, settings)
+        batch = torch.randint(0, settings.pool_size, (settings.batch_size,), generator=sampler)
+        loss = batch_loss(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        window.append(loss.item())
+        done = step + 1
+        if done % settings.log_every == 0 or done == settings.steps:
+            line = f"step {done:5d}/{settings.steps}  loss {sum(window) / len(window):.4f}"
+            if done % settings.eval_every == 0 or done == settings.steps:
+                model.eval()
+                with torch.no_grad():
+                    scores = evaluate()
+                line += "  held-out " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items())
+            print(f"{line}  ({time.perf_counter() - start:.0f} s)", flush=True)
+            window = []
+    model.eval()
+    return {**scores, "wall_seconds": round(time.perf_counter() - start, 1)}
+
+
+def save(model, processor, out: Path, settings: TrainSettings, scores: dict[str, float]) -> None:
+    """Write the Hugging Face folder (safetensors) and how it was made."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    record = {"settings": asdict(settings), "held_out": scores}
+    (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    import importlib
+
+    from raysight.builtin import BUILTIN_MODELS
+
+    trainers = {
+        "shapes-clip": "raysight.builtin.train_clip",
+        "shapes-vlm": "raysight.builtin.train_vlm",
+    }
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", choices=sorted(trainers))
+    parser.add_argument("--out", type=Path, help="folder to write (default: the shipped one)")
+    parser.add_argument("--steps", type=int, help="optimizer steps (default: the shipped recipe)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(2)
+    recipe = importlib.import_module(trainers[args.model])
+    settings = replace(recipe.SETTINGS, steps=args.steps or recipe.SETTINGS.steps, seed=args.seed)
+    out = args.out or BUILTIN_MODELS[args.model]
+    print(f"training {args.model}: {settings}", flush=True)
+    scores = recipe.train(out, settings)
+    print(f"final held-out {scores}; saved to {out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

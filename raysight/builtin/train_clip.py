@@ -1,0 +1,104 @@
+"""shapes-clip: a ~0.25M-parameter CLIPModel that matches shapes to their 12 captions.
+
+Trained with CLIP's symmetric contrastive loss, with one change: a batch of 128 holds many
+images of the same caption, so every same-caption pair counts as a positive (soft targets)
+instead of only the diagonal.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from raysight.builtin.train import TrainSettings, fit, make_pool, save
+
+SETTINGS = TrainSettings(steps=3500, lr=3e-3, warmup_steps=100)
+IMAGE_SIZE = 32
+
+
+def build_processor():
+    from transformers import CLIPImageProcessorPil, CLIPProcessor
+
+    from raysight.builtin.tokenization import build_clip_tokenizer
+
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    )
+    return CLIPProcessor(image_processor=image_processor, tokenizer=build_clip_tokenizer())
+
+
+def build_model(tokenizer):
+    from transformers import CLIPConfig, CLIPModel
+
+    tower = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4)
+    config = CLIPConfig(
+        text_config=dict(
+            **tower,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=tokenizer.model_max_length,
+            # The text tower pools at the first eos token, so these must be the tokenizer's.
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=dict(**tower, image_size=IMAGE_SIZE, patch_size=8),
+        projection_dim=64,
+    )
+    return CLIPModel(config)
+
+
+def _embed_captions(model, captions):
+    import torch.nn.functional as F
+
+    return F.normalize(model.get_text_features(**captions).pooler_output, dim=-1)
+
+
+def _embed_images(model, pixel_values):
+    import torch.nn.functional as F
+
+    return F.normalize(model.get_image_features(pixel_values=pixel_values).pooler_output, dim=-1)
+
+
+def train(out: Path, settings: TrainSettings) -> dict[str, float]:
+    """Train shapes-clip with `settings` and save it (model + processor) to `out`."""
+    import torch
+    import torch.nn.functional as F
+
+    from raysight.builtin.train import HELD_OUT_OFFSET
+    from raysight.shapes import ALL_CAPTIONS
+
+    torch.manual_seed(settings.seed)
+    processor = build_processor()
+    model = build_model(processor.tokenizer)
+    print(f"shapes-clip: {sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
+    pool = make_pool(processor.image_processor, settings.pool_size, settings.seed)
+    held_out = make_pool(
+        processor.image_processor, settings.held_out_size, settings.seed + HELD_OUT_OFFSET
+    )
+    captions = processor.tokenizer(list(ALL_CAPTIONS), padding=True, return_tensors="pt")
+    max_scale = math.log(100.0)  # CLIP's cap on the softmax temperature
+
+    def batch_loss(batch):
+        labels = pool.caption_index[batch]
+        images = _embed_images(model, pool.pixel_values[batch])
+        # Only 12 distinct captions exist: embed them once and gather one per image.
+        texts = _embed_captions(model, captions)[labels]
+        logits = model.logit_scale.clamp(max=max_scale).exp() * images @ texts.T
+        same = (labels[:, None] == labels[None, :]).float()
+        targets = same / same.sum(dim=1, keepdim=True)
+        return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+    def evaluate() -> dict[str, float]:
+        images = _embed_images(model, held_out.pixel_values)
+        similarity = images @ _embed_captions(model, captions).T
+        truth = held_out.caption_index
+        zero_shot = (similarity.argmax(dim=1) == truth).float().mean().item()
+        # Text -> image: the best image for each caption must show that caption.
+        retrieval = (truth[similarity.argmax(dim=0)] == torch.arange(len(ALL_CAPTIONS))).float()
+        return {"accuracy": zero_shot, "retrieval@1": retrieval.mean().item()}
+
+    scores = fit(model, settings, batch_loss, evaluate)
+    with torch.no_grad():
+        model.logit_scale.clamp_(max=max_scale)
+    save(model, processor, out, settings, scores)
+    return scores

@@ -1,0 +1,153 @@
+"""shapes-vlm: a ~0.25M-parameter BLIP captioner that also answers two questions.
+
+It learns the exact sequences BLIP's `generate` sees at inference: generate swaps the
+processor's leading [CLS] for [DEC] and drops the trailing [SEP], then decodes until [SEP].
+So each training row is ``[DEC] prompt-words answer-words [SEP]`` with the loss on the
+answer and the closing [SEP]; with no prompt it is ``[DEC] caption [SEP]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from raysight.builtin.train import TrainSettings, fit, make_pool, save
+
+SETTINGS = TrainSettings(steps=6000, lr=3e-3, warmup_steps=100)
+IMAGE_SIZE = 32
+MAX_NEW_TOKENS = 12
+
+
+def prompts() -> dict[str, str]:
+    """What the model is trained to answer: task name -> prompt ("" means no prompt)."""
+    from raysight.builtin.tokenization import DESCRIBE_PROMPT
+    from raysight.shapes import QUESTIONS
+
+    return {"caption": "", "describe": DESCRIBE_PROMPT, **QUESTIONS}
+
+
+def answer_for(task: str, label) -> str:
+    """The expected answer to `task` for an image labelled `label`."""
+    return {"shape": label.shape, "color": label.color}.get(task, label.caption)
+
+
+def build_processor():
+    from transformers import BlipImageProcessorPil, BlipProcessor
+
+    from raysight.builtin.tokenization import build_blip_tokenizer
+
+    image_processor = BlipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    return BlipProcessor(image_processor=image_processor, tokenizer=build_blip_tokenizer())
+
+
+def build_model(tokenizer):
+    from transformers import BlipConfig, BlipForConditionalGeneration
+
+    config = BlipConfig(
+        vision_config=dict(
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=IMAGE_SIZE,
+            patch_size=8,
+        ),
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            encoder_hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=tokenizer.model_max_length,
+            # generate() starts from bos, stops at sep and pads with pad: the tokenizer's ids.
+            bos_token_id=tokenizer.bos_token_id,
+            sep_token_id=tokenizer.sep_token_id,
+            eos_token_id=tokenizer.sep_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        projection_dim=64,
+    )
+    return BlipForConditionalGeneration(config)
+
+
+def training_rows(tokenizer):
+    """Token ids, attention masks and loss labels for every (task, caption) pair.
+
+    Returns tensors of shape [tasks, captions, length], right-padded.
+    """
+    import torch
+
+    from raysight.shapes import ALL_CAPTIONS, COLORS, SHAPES, ShapeLabel
+
+    labels = [ShapeLabel(shape, color) for color in COLORS for shape in SHAPES]
+    assert [label.caption for label in labels] == list(ALL_CAPTIONS)
+    rows = []
+    for task, prompt in prompts().items():
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        for label in labels:
+            answer_ids = tokenizer(answer_for(task, label), add_special_tokens=False)["input_ids"]
+            ids = [tokenizer.bos_token_id, *prompt_ids, *answer_ids, tokenizer.sep_token_id]
+            targets = [-100] * (1 + len(prompt_ids)) + [*answer_ids, tokenizer.sep_token_id]
+            rows.append((ids, targets))
+    width = max(len(ids) for ids, _ in rows)
+    pad = width - torch.tensor([len(ids) for ids, _ in rows])
+    pad_id = tokenizer.pad_token_id
+    input_ids = torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in rows])
+    targets = torch.tensor([t + [-100] * (width - len(t)) for _, t in rows])
+    mask = (torch.arange(width)[None, :] < (width - pad)[:, None]).long()
+    shape = (len(prompts()), len(labels), width)
+    return input_ids.view(shape), mask.view(shape), targets.view(shape)
+
+
+def generate_answers(model, processor, images: list, prompt: str) -> list[str]:
+    """Greedy answers under the engine's contract, for many images sharing one prompt."""
+    if prompt:
+        inputs = processor(images=images, text=[prompt] * len(images), return_tensors="pt")
+        start = inputs["input_ids"].shape[1] - 1
+    else:
+        inputs = processor(images=images, return_tensors="pt")
+        start = 1
+    out = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS)
+    decode = processor.tokenizer.decode
+    return [decode(row[start:], skip_special_tokens=True).strip() for row in out]
+
+
+def train(out: Path, settings: TrainSettings) -> dict[str, float]:
+    """Train shapes-vlm with `settings` and save it (model + processor) to `out`."""
+    import torch
+
+    from raysight.builtin.train import HELD_OUT_OFFSET
+    from raysight.shapes import make_shapes
+
+    torch.manual_seed(settings.seed)
+    processor = build_processor()
+    model = build_model(processor.tokenizer)
+    print(f"shapes-vlm: {sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
+    pool = make_pool(processor.image_processor, settings.pool_size, settings.seed)
+    held_out = make_shapes(settings.held_out_size // 2, settings.seed + HELD_OUT_OFFSET)
+    input_ids, attention_mask, targets = training_rows(processor.tokenizer)
+    n_tasks = input_ids.shape[0]
+    task_sampler = torch.Generator().manual_seed(settings.seed + 1)
+
+    def batch_loss(batch):
+        task = torch.randint(0, n_tasks, (len(batch),), generator=task_sampler)
+        caption = pool.caption_index[batch]
+        return model(
+            pixel_values=pool.pixel_values[batch],
+            input_ids=input_ids[task, caption],
+            attention_mask=attention_mask[task, caption],
+            labels=targets[task, caption],
+        ).loss
+
+    def evaluate() -> dict[str, float]:
+        images = [image for image, _ in held_out]
+        scores = {}
+        for task, prompt in prompts().items():
+            answers = generate_answers(model, processor, images, prompt)
+            hits = sum(a == answer_for(task, label) for a, (_, label) in zip(answers, held_out))
+            scores[task] = hits / len(held_out)
+        return {"accuracy": min(scores.values()), **scores}
+
+    scores = fit(model, settings, batch_loss, evaluate)
+    save(model, processor, out, settings, scores)
+    return scores
