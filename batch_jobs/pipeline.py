@@ -1,0 +1,181 @@
+"""The pipeline: read -> CPU preprocess stage -> model stage (actor pool) -> Parquet parts.
+
+`build_dataset` returns the lazy Dataset (for composition); `run_job` writes it, resuming
+into an existing output, and returns a `JobSummary`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Iterable
+
+from batch_jobs.config import JobConfig
+from batch_jobs.readers import InputSource, JobInput, resolve_input
+from batch_jobs.resources import StagePlan, plan_stages
+from batch_jobs.stages import ModelStage, PreprocessStage
+from batch_jobs.writer import SUMMARY_FILE, OutputFolder, PartFileDatasink
+
+if TYPE_CHECKING:
+    import ray.data
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class JobSummary:
+    """What a run did. `rows` counts this run's rows; `output_rows` all rows in the folder."""
+
+    job: str
+    output: str
+    rows: int
+    failures: int
+    failure_reasons: dict[str, int]
+    failure_examples: dict[str, str]
+    skipped: int
+    output_rows: int
+    seconds: float
+    images_per_s: float
+    plan: str
+    files: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    def format(self) -> str:
+        lines = [
+            f"{self.job}: {self.rows} rows in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s), "
+            f"{self.failures} failed, {self.skipped} already done; {self.output_rows} rows in "
+            f"{self.output}",
+            f"  {self.plan}",
+        ]
+        for reason, count in sorted(self.failure_reasons.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {count} x {reason}: {self.failure_examples.get(reason, '')}")
+        return "\n".join(lines)
+
+
+def ensure_ray(address: str | None) -> None:
+    """Connect to (or start) Ray unless this process already has."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address)
+
+
+def current_plan(job: JobConfig) -> StagePlan:
+    import ray
+
+    return plan_stages(job, ray.cluster_resources())
+
+
+def build_dataset(
+    job: JobConfig, *, skip: Iterable[str] = (), plan: StagePlan | None = None
+) -> "ray.data.Dataset":
+    """The job's lazy Dataset: every input row not in `skip`, with its result columns.
+
+    Nothing runs until the Dataset is consumed (written, iterated, `materialize()`d).
+    """
+    source = resolve_input(job)
+    plan = plan or current_plan(job)
+    rows = JobInput(job, source, plan.read_num_cpus).dataset(skip)
+    if rows is None:
+        import ray.data
+
+        return ray.data.from_items([])
+    return _add_stages(job, source, plan, rows)
+
+
+def _add_stages(job: JobConfig, source: InputSource, plan: StagePlan, dataset) -> "ray.data.Dataset":
+    from ray.data import ActorPoolStrategy
+
+    low, high = plan.preprocess_actors
+    dataset = dataset.map_batches(
+        PreprocessStage,
+        fn_constructor_kwargs={
+            "job": job, "filesystem": source.filesystem, "image_root": source.image_root,
+        },
+        compute=ActorPoolStrategy(min_size=low, max_size=high),
+        num_cpus=plan.preprocess_num_cpus,
+        batch_size=job.preprocess_batch_size,
+        batch_format="pyarrow",
+    )
+    return dataset.map_batches(
+        ModelStage,
+        fn_constructor_kwargs={"job": job, "model_actors": plan.model_actors},
+        compute=ActorPoolStrategy(size=plan.model_actors),
+        num_cpus=plan.model_num_cpus,
+        num_gpus=plan.model_num_gpus,
+        batch_size=job.batch_size,
+        batch_format="pyarrow",
+    )
+
+
+def job_manifest(job: JobConfig, key: str) -> dict:
+    """What an output folder holds; a resumed run must match it (see writer.OutputFolder)."""
+    return {
+        "job": job.job,
+        "model": job.spec.model,
+        "key": key,
+        "prompt": job.prompt,
+        "labels": list(job.labels),
+        "max_new_tokens": job.max_new_tokens,
+        "input": job.input,
+    }
+
+
+def run_job(job: JobConfig) -> JobSummary:
+    """Run `job` into its output folder (resuming) and return what it did."""
+    from raysight.errors import ConfigError
+
+    if not job.output:
+        raise ConfigError("the job needs an output folder (--output)")
+    ensure_ray(job.ray_address)
+    plan = current_plan(job)
+    logger.info("%s job plan: %s", job.job, plan.describe())
+    source = resolve_input(job)
+    job_input = JobInput(job, source, plan.read_num_cpus)
+    key = job_input.key
+    folder = OutputFolder(job.output)
+    folder.prepare(job_manifest(job, key), overwrite=job.overwrite)
+    done = set(folder.read_column(key))
+    rows = job_input.dataset(skip=done)
+    sink = PartFileDatasink(job.output, uuid.uuid4().hex[:8], job.rows_per_file)
+    started = time.perf_counter()
+    if rows is not None:
+        dataset = _add_stages(job, source, plan, rows)
+        dataset.context.enable_progress_bars = job.progress
+        dataset.write_datasink(sink, ray_remote_args={"num_cpus": plan.write_num_cpus})
+    seconds = time.perf_counter() - started
+    summary = _summarise(job, sink.write_returns, skipped=len(done), seconds=seconds,
+                         output_rows=len(folder.read_column(key)), plan=plan)
+    folder.write_json(SUMMARY_FILE, json.loads(summary.to_json()))
+    return summary
+
+
+def _summarise(job, returns: list[dict], *, skipped: int, seconds: float, output_rows: int,
+               plan: StagePlan) -> JobSummary:
+    rows = sum(r["rows"] for r in returns)
+    reasons: dict[str, int] = {}
+    examples: dict[str, str] = {}
+    for result in returns:
+        for reason, count in result["failures"].items():
+            reasons[reason] = reasons.get(reason, 0) + count
+        for reason, message in result["examples"].items():
+            examples.setdefault(reason, message)
+    return JobSummary(
+        job=job.job,
+        output=job.output,
+        rows=rows,
+        failures=sum(reasons.values()),
+        failure_reasons=reasons,
+        failure_examples=examples,
+        skipped=skipped,
+        output_rows=output_rows,
+        seconds=round(seconds, 3),
+        images_per_s=round(rows / seconds, 2) if seconds > 0 and rows else 0.0,
+        plan=plan.describe(),
+        files=sorted(r["file"] for r in returns if r.get("file")),
+    )

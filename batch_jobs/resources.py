@@ -1,0 +1,89 @@
+"""How much of the cluster each stage reserves, sized from what the cluster has.
+
+Ray schedules by reservations, not by use: a model pool that reserves every CPU leaves the
+read tasks nothing and the job waits forever (`backpressured:tasks(ResourceBudget)`). So the
+model stage reserves at most half the CPUs, the CPU stages reserve fractions, and torch's
+thread count is set separately from the reservation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from raysight.errors import ConfigError
+
+from batch_jobs.config import JobConfig
+
+READ_NUM_CPUS = 0.25
+WRITE_NUM_CPUS = 0.25
+# Share of the cluster's CPUs the model actors may reserve together.
+MODEL_CPU_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """Actor pools and reservations for one job on one cluster."""
+
+    model_actors: int
+    model_num_cpus: float
+    model_num_gpus: float
+    torch_threads: int | None  # None: each actor shares its node's cores with the others
+    preprocess_actors: tuple[int, int]  # (min, max) of the autoscaling CPU pool
+    preprocess_num_cpus: float
+    read_num_cpus: float = READ_NUM_CPUS
+    write_num_cpus: float = WRITE_NUM_CPUS
+
+    def describe(self) -> str:
+        gpus = f", {self.model_num_gpus:g} GPU" if self.model_num_gpus else ""
+        low, high = self.preprocess_actors
+        return (
+            f"model: {self.model_actors} actor(s) x ({self.model_num_cpus:g} CPU{gpus}); "
+            f"preprocess: {low}-{high} actor(s) x {self.preprocess_num_cpus:g} CPU"
+        )
+
+
+def plan_stages(job: JobConfig, cluster: Mapping[str, float]) -> StagePlan:
+    """Size the pools from `cluster` (e.g. `ray.cluster_resources()`) and the job's settings."""
+    cpus = float(cluster.get("CPU", 0.0))
+    gpus = float(cluster.get("GPU", 0.0))
+    if cpus <= 0:
+        raise ConfigError("the Ray cluster has no CPUs; the read and preprocess stages need some")
+    gpus_per_actor = _gpus_per_actor(job, gpus)
+    if gpus_per_actor:
+        actors = job.actor_pool_size or max(1, int(gpus // gpus_per_actor))
+        if actors * gpus_per_actor > gpus:
+            raise ConfigError(
+                f"{actors} model actors x {gpus_per_actor:g} GPU need {actors * gpus_per_actor:g} "
+                f"GPUs; the cluster has {gpus:g}. Lower --actor-pool-size or --num-gpus"
+            )
+    else:
+        actors = job.actor_pool_size or max(1, int(cpus // 4))
+    model_cpus = job.model_num_cpus or min(1.0, cpus * MODEL_CPU_SHARE / actors)
+    if actors * model_cpus > cpus - READ_NUM_CPUS - WRITE_NUM_CPUS:
+        raise ConfigError(
+            f"{actors} model actors x {model_cpus:g} CPU reserve {actors * model_cpus:g} of the "
+            f"cluster's {cpus:g} CPUs, leaving too little for reading and writing; the job would "
+            "wait forever. Lower --model-num-cpus or --actor-pool-size"
+        )
+    most = job.preprocess_max_actors or max(1, int(cpus // 2))
+    preprocess_cpus = min(1.0, max(0.1, (cpus - actors * model_cpus) / (2 * most)))
+    return StagePlan(
+        model_actors=actors,
+        model_num_cpus=round(model_cpus, 3),
+        model_num_gpus=gpus_per_actor,
+        torch_threads=job.torch_threads,
+        preprocess_actors=(1, most),
+        preprocess_num_cpus=round(preprocess_cpus, 3),
+    )
+
+
+def _gpus_per_actor(job: JobConfig, gpus: float) -> float:
+    if job.num_gpus is not None:
+        if job.num_gpus > 0 and gpus < job.num_gpus:
+            raise ConfigError(
+                f"--num-gpus {job.num_gpus:g} per model actor, but the cluster has {gpus:g} "
+                "GPUs; use --num-gpus 0 to run the model on CPU"
+            )
+        return job.num_gpus
+    return 1.0 if gpus >= 1 and job.spec.device != "cpu" else 0.0
