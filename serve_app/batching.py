@@ -1,0 +1,152 @@
+"""Drain-when-free batching: whenever the model is free, run everything waiting (up to the max).
+
+Why not ``@serve.batch``: in Ray 2.60 it closes a batch ``batch_wait_timeout_s`` after the
+batch's first request and queues the closed batch behind the one running. Requests that
+arrive during a forward are therefore cut into small batches on a timer instead of being
+merged into the next one: with 32 concurrent clients and a forward of tens of ms, its mean
+batch was ~3 while 25-31 requests sat waiting, and raising ``max_concurrent_batches`` only
+runs those small batches side by side on the same cores. This batcher forms a batch when the
+model becomes free, from everything queued by then, so under load every batch is as large as
+the queue allows (see ``tests/integration/test_serve_app.py`` and the report in the README).
+
+The model runs on one dedicated thread, so the replica's event loop keeps accepting,
+preprocessing and answering requests while a batch runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, Sequence, TypeVar
+
+logger = logging.getLogger(__name__)
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What one item saw: the size of the batch it ran in and how long it waited for it."""
+
+    batch_size: int
+    queue_wait_s: float
+
+
+@dataclass
+class _Waiting:
+    item: Any
+    future: asyncio.Future
+    enqueued: float
+
+
+class DrainBatcher(Generic[In, Out]):
+    """Runs ``run_batch(items) -> results`` (same length, same order) on a model thread.
+
+    ``submit(item)`` waits for the item's result. A batch starts as soon as the model is
+    free and something is waiting; if fewer than ``max_batch_size`` items are waiting, it
+    waits up to ``wait_s`` for more (a burst that is still arriving joins the batch).
+    """
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[In]], Sequence[Out]],
+        max_batch_size: int,
+        wait_s: float = 0.0,
+        on_batch: Callable[[int, list[float]], None] | None = None,
+    ):
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        if wait_s < 0:
+            raise ValueError(f"wait_s must be >= 0, got {wait_s}")
+        self.run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.wait_s = wait_s
+        self.on_batch = on_batch  # (batch size, queue waits in s) for metrics
+        self._waiting: deque[_Waiting] = deque()
+        self._arrived: asyncio.Event | None = None
+        self._full: asyncio.Event | None = None
+        self._worker: asyncio.Task | None = None
+        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="raysight-model")
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    async def submit(self, item: In) -> tuple[Out, BatchStats]:
+        """Queue `item`; return its result and the stats of the batch it ran in."""
+        self._start_worker()
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Waiting(item, future, time.monotonic()))
+        self._arrived.set()
+        if len(self._waiting) >= self.max_batch_size:
+            self._full.set()
+        return await future
+
+    def _start_worker(self) -> None:
+        if self._worker is None or self._worker.done():
+            self._arrived = asyncio.Event()
+            self._full = asyncio.Event()
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+
+    async def _work(self) -> None:
+        while True:
+            await self._arrived.wait()
+            if self.wait_s > 0 and len(self._waiting) < self.max_batch_size:
+                try:
+                    await asyncio.wait_for(self._full.wait(), self.wait_s)
+                except asyncio.TimeoutError:
+                    pass
+            batch = self._take()
+            if not self._waiting:
+                self._arrived.clear()
+            if len(self._waiting) < self.max_batch_size:
+                self._full.clear()
+            if batch:
+                await self._run(batch)
+
+    def _take(self) -> list[_Waiting]:
+        batch: list[_Waiting] = []
+        while self._waiting and len(batch) < self.max_batch_size:
+            waiting = self._waiting.popleft()
+            if not waiting.future.done():  # skip requests whose caller went away
+                batch.append(waiting)
+        return batch
+
+    async def _run(self, batch: list[_Waiting]) -> None:
+        started = time.monotonic()
+        waits = [started - waiting.enqueued for waiting in batch]
+        if self.on_batch is not None:
+            try:
+                self.on_batch(len(batch), waits)
+            except Exception:  # noqa: BLE001 - metrics must never fail a batch
+                logger.exception("batch metrics callback failed")
+        loop = asyncio.get_running_loop()
+        items = [waiting.item for waiting in batch]
+        try:
+            results = await loop.run_in_executor(self._model_thread, self.run_batch, items)
+            if len(results) != len(batch):
+                raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} items")
+        except Exception as exc:  # noqa: BLE001 - a bug in run_batch fails this batch only
+            logger.exception("a batch of %d failed", len(batch))
+            for waiting in batch:
+                if not waiting.future.done():
+                    waiting.future.set_exception(exc)
+            return
+        for waiting, result, wait in zip(batch, results, waits):
+            if not waiting.future.done():
+                waiting.future.set_result((result, BatchStats(len(batch), wait)))
+
+    def close(self) -> None:
+        """Stop the worker and the model thread (pending callers get CancelledError)."""
+        if self._worker is not None:
+            self._worker.cancel()
+        for waiting in self._waiting:
+            if not waiting.future.done():
+                waiting.future.cancel()
+        self._waiting.clear()
+        self._model_thread.shutdown(wait=False)

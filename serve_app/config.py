@@ -1,0 +1,201 @@
+"""ServeConfig: which models to serve and how, in one frozen object.
+
+A YAML file (``serve_app/config.yaml``, the ``args`` of a Serve config), the ``raysight
+serve`` flags and Python callers all build a ServeConfig; ``build_app`` reads only it. Each
+model is a ModelSpec (what the model is) plus DeploymentOptions (how Ray runs it); in YAML
+the deployment options sit under a ``deployment:`` key next to the ModelSpec fields.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from raysight.errors import ConfigError
+from raysight.spec import ModelSpec
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DeploymentOptions(_Frozen):
+    """How Ray Serve runs one model's replicas."""
+
+    num_replicas: int = Field(
+        1, ge=1, description="Replicas of this model. Ignored when autoscaling_config is set."
+    )
+    autoscaling_config: dict[str, Any] | None = Field(
+        None,
+        description="Ray Serve autoscaling settings (min_replicas, max_replicas, "
+        "target_ongoing_requests, ...). Replaces num_replicas when set.",
+    )
+    num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves for each replica.")
+    num_gpus: float = Field(
+        0.0, ge=0, description="GPUs per replica; fractions (0.5) let replicas share a GPU."
+    )
+    memory_bytes: int | None = Field(None, gt=0, description="Memory Ray reserves per replica.")
+    torch_threads: int | None = Field(
+        None,
+        gt=0,
+        description="Threads torch uses in a replica. Default: all cores of the machine "
+        "(Ray would otherwise pin a 1-CPU replica to one thread and leave cores idle).",
+    )
+    max_ongoing_requests: int | None = Field(
+        None,
+        gt=0,
+        description="Requests one replica holds at once (being prepared, waiting for a batch "
+        "or in the running batch). Default: 2 x max_batch_size, so a full batch can form "
+        "while another runs; it must be >= max_batch_size or batches never fill.",
+    )
+    max_queued_requests: int = Field(
+        64,
+        gt=0,
+        description="Requests the ingress queues for this model when every replica is full. "
+        "Past it, clients get 503 with Retry-After at once (never an unbounded queue).",
+    )
+    retry_after_s: int = Field(1, ge=1, description="The Retry-After header sent with a 503.")
+
+    def ray_actor_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.memory_bytes:
+            options["memory"] = self.memory_bytes
+        return options
+
+
+class ServedModel(_Frozen):
+    """One model to serve: its ModelSpec and its deployment options."""
+
+    spec: ModelSpec
+    deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_form(cls, data: Any) -> Any:
+        # YAML writes a model flat: ModelSpec fields with an optional `deployment:` next to them.
+        if isinstance(data, dict) and "spec" not in data:
+            data = dict(data)
+            deployment = data.pop("deployment", None)
+            return {"spec": data} if deployment is None else {"spec": data, "deployment": deployment}
+        return data
+
+    @model_validator(mode="after")
+    def _room_for_a_batch(self) -> "ServedModel":
+        if self.max_ongoing_requests < self.spec.max_batch_size:
+            raise ValueError(
+                f"deployment.max_ongoing_requests ({self.max_ongoing_requests}) is below "
+                f"max_batch_size ({self.spec.max_batch_size}): a replica could never fill a "
+                "batch; raise max_ongoing_requests to at least max_batch_size (2x is better)"
+            )
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.spec.served_name
+
+    @property
+    def max_ongoing_requests(self) -> int:
+        return self.deployment.max_ongoing_requests or 2 * self.spec.max_batch_size
+
+
+class IndexConfig(_Frozen):
+    """A vector index folder (built by ``batch_jobs.index``) that /search queries."""
+
+    path: str = Field(description="The index folder (index.faiss, ids.json, meta.json).")
+    name: str | None = Field(
+        None, description="The name /search requests use. Defaults to the folder's name."
+    )
+    model: str | None = Field(
+        None,
+        description="Served name of the embed model whose vectors the index holds. Defaults "
+        "to the only embed model, or the one named in the index's meta.json.",
+    )
+
+    @property
+    def index_name(self) -> str:
+        return self.name or Path(self.path).resolve().name
+
+
+class IngressOptions(_Frozen):
+    """The HTTP-facing deployment: it parses requests and routes them; it runs no model."""
+
+    num_replicas: int = Field(1, ge=1, description="Ingress replicas.")
+    num_cpus: float = Field(0.5, ge=0, description="CPUs Ray reserves for each ingress replica.")
+    max_ongoing_requests: int = Field(
+        512, gt=0, description="Requests one ingress replica handles at once."
+    )
+    max_queued_requests: int = Field(
+        1024, gt=0, description="Requests the HTTP proxy queues for the ingress before 503s."
+    )
+
+
+class ServeConfig(_Frozen):
+    """Everything ``build_app`` needs: models, indexes, HTTP limits and access control."""
+
+    models: list[ServedModel] = Field(min_length=1, description="The models to serve.")
+    indexes: list[IndexConfig] = Field(
+        default_factory=list, description="Vector indexes for /search."
+    )
+    host: str = Field(
+        "127.0.0.1", description="Address the HTTP server binds to (0.0.0.0 for all)."
+    )
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port.")
+    api_key: str | None = Field(
+        None,
+        description="If set, every route but /healthz and /readyz needs "
+        "'Authorization: Bearer <api_key>'.",
+    )
+    max_body_bytes: int = Field(
+        20 * 1024 * 1024, gt=0, description="Largest request body accepted (413 above it)."
+    )
+    max_inputs_per_request: int = Field(
+        64, gt=0, description="Most inputs one /v1/embeddings request may carry."
+    )
+    app_name: str = Field("raysight", description="The Serve application name.")
+    ingress: IngressOptions = Field(default_factory=IngressOptions)
+
+    @model_validator(mode="after")
+    def _names_resolve(self) -> "ServeConfig":
+        names = [served.name for served in self.models]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(
+                f"two models are served as {', '.join(duplicates)}; give each a distinct `name`"
+            )
+        index_names = [index.index_name for index in self.indexes]
+        if len(set(index_names)) != len(index_names):
+            raise ValueError("two indexes share a name; give each a distinct `name`")
+        for index in self.indexes:
+            if index.model is not None and index.model not in names:
+                raise ValueError(
+                    f"index {index.index_name!r} names model {index.model!r}, which is not "
+                    f"served; served models: {', '.join(names)}"
+                )
+        return self
+
+    def model(self, name: str) -> ServedModel:
+        for served in self.models:
+            if served.name == name:
+                return served
+        raise KeyError(name)
+
+    @classmethod
+    def from_mapping(cls, data: object, source: str = "serve config") -> "ServeConfig":
+        """Build a config from a plain mapping, turning validation errors into ConfigError."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of ServeConfig fields")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(f"{source}: invalid serve config:\n{exc}") from None
+
+    @classmethod
+    def for_specs(cls, specs: list[ModelSpec], **fields: Any) -> "ServeConfig":
+        """A config serving `specs` with default deployment options."""
+        models = [ServedModel(spec=spec) for spec in specs]
+        try:
+            return cls(models=models, **fields)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid serve settings:\n{exc}") from None

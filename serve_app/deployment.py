@@ -1,0 +1,160 @@
+"""ModelServer: one model behind Ray Serve, as a plain class (``build_app`` applies
+``serve.deployment``), so it also runs and is tested without Ray.
+
+Per request: preprocess on a worker thread (decode and check images, apply the chat
+template), then wait in the DrainBatcher for the model; the model thread runs ``infer`` and
+``postprocess`` over the whole batch. The event loop only moves requests between the two, so
+new requests are prepared while a batch runs. A request's own error (a corrupt image, a prompt
+too long) comes back as its result; its batchmates are not affected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+from raysight.errors import InvalidRequest, RaysightError
+from raysight.spec import ModelSpec
+from serve_app.batching import DrainBatcher
+from serve_app.metrics import ModelMetrics
+
+logger = logging.getLogger(__name__)
+
+_END = object()
+
+
+@dataclass
+class Served:
+    """A model's answer to one request, and the batch it ran in (0 if it never reached one).
+
+    ``result`` is the engine's result (GenerateResult, Embedding, Classification) or the
+    RaysightError that this request alone ran into.
+    """
+
+    result: Any
+    batch_size: int = 0
+    queue_wait_s: float = 0.0
+
+    @property
+    def error(self) -> RaysightError | None:
+        return self.result if isinstance(self.result, RaysightError) else None
+
+
+def use_cores(threads: int | None) -> int:
+    """Let torch use `threads` (default: every core), whatever OMP_NUM_THREADS Ray set."""
+    import torch
+
+    count = threads or os.cpu_count() or 1
+    torch.set_num_threads(count)
+    return count
+
+
+class ModelServer:
+    """Serves one model: generate (chat) or embed (vectors, zero-shot classification)."""
+
+    def __init__(self, spec: ModelSpec, torch_threads: int | None = None, engine: Any = None):
+        if engine is None:
+            from raysight.engines import build_engine
+
+            use_cores(torch_threads)
+            engine = build_engine(spec)
+        self.spec = spec
+        self.name = spec.served_name
+        self.engine = engine
+        self.metrics = ModelMetrics(self.name)
+        self.batcher = DrainBatcher(
+            engine.infer_and_postprocess,
+            max_batch_size=spec.max_batch_size,
+            wait_s=spec.batch_wait_timeout_s,
+            on_batch=self.metrics.record_batch,
+        )
+        logger.info("serving %s (%s) as %r", spec.model, engine.task, self.name)
+
+    def info(self) -> dict[str, Any]:
+        """What clients and the ingress need to know about this model."""
+        info = {
+            "name": self.name,
+            "model": self.spec.model,
+            "task": self.engine.task,
+            "max_batch_size": self.spec.max_batch_size,
+        }
+        dim = getattr(getattr(self.engine.model, "config", None), "projection_dim", None)
+        if self.engine.task == "embed" and dim:
+            info["dim"] = int(dim)
+        return info
+
+    async def ready(self) -> bool:
+        return True
+
+    # -- generate ------------------------------------------------------------------------
+    async def generate(self, request) -> Served:
+        """Answer one chat (a GenerateRequest)."""
+        wrong = self._check_task("generate")
+        return Served(wrong) if wrong else await self._serve(request)
+
+    async def generate_stream(self, request) -> AsyncIterator[Any]:
+        """Stream one chat: yields "" once the request is accepted (preprocessed), then
+        each new piece of text, then a final Served. A refused request yields only a
+        Served carrying its error."""
+        wrong = self._check_task("generate")
+        if wrong:
+            yield Served(wrong)
+            return
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue = asyncio.Queue()
+        # on_text runs on the model thread; hop into this loop to hand the piece over.
+        request = dataclasses.replace(
+            request, on_text=lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text)
+        )
+        prepared = await self._prepare(request)
+        if isinstance(prepared, RaysightError):
+            yield Served(prepared)
+            return
+        yield ""
+        running = asyncio.ensure_future(self.batcher.submit(prepared))
+        # Text pieces are queued before the batch returns, so _END always comes last.
+        running.add_done_callback(lambda _: pieces.put_nowait(_END))
+        try:
+            while (piece := await pieces.get()) is not _END:
+                yield piece
+            result, stats = running.result()
+        finally:
+            running.cancel()  # the client went away: drop the request if it has not started
+        yield Served(result, stats.batch_size, stats.queue_wait_s)
+
+    # -- embed ---------------------------------------------------------------------------
+    async def embed(self, requests: list) -> list[Served]:
+        """Embed (or classify) each EmbedRequest; each gets its own result or error."""
+        wrong = self._check_task("embed")
+        if wrong:
+            return [Served(wrong) for _ in requests]
+        return list(await asyncio.gather(*(self._serve(request) for request in requests)))
+
+    # -- shared --------------------------------------------------------------------------
+    def _check_task(self, task: str) -> RaysightError | None:
+        if self.engine.task == task:
+            return None
+        use = "/v1/chat/completions or /predict" if self.engine.task == "generate" else (
+            "/v1/embeddings, /classify or /search")
+        return InvalidRequest(
+            f"model {self.name!r} is a {self.engine.task} model and cannot {task}; use {use}"
+        )
+
+    async def _prepare(self, request) -> Any:
+        return await asyncio.to_thread(self.engine.preprocess_safely, request)
+
+    async def _serve(self, request) -> Served:
+        prepared = await self._prepare(request)
+        if isinstance(prepared, RaysightError):
+            return Served(prepared)
+        result, stats = await self.batcher.submit(prepared)
+        return Served(result, stats.batch_size, stats.queue_wait_s)
+
+    def __del__(self) -> None:
+        batcher = getattr(self, "batcher", None)
+        if batcher is not None:
+            batcher.close()

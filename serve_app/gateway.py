@@ -1,0 +1,246 @@
+"""The ingress's work, without HTTP or Ray: pick the model a request names, call it, shape
+the answer. Routes (routes.py) parse HTTP into these calls; models are reached through a
+ModelClient, which is a Serve DeploymentHandle in production (app.py) and an in-process
+ModelServer in unit tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Protocol
+
+from raysight.errors import ConfigError, InvalidRequest, Overloaded, UnknownModel
+from serve_app.config import IndexConfig, ServeConfig
+from serve_app.deployment import Served
+from serve_app.openai_api import (ChatCompletionRequest, ChunkWriter, ClassifyRequest,
+                                  EmbeddingsRequest, PredictRequest, SearchRequest,
+                                  chat_completion, embedding_data, error_body)
+
+logger = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 5.0
+
+
+class ModelOverloaded(Overloaded):
+    """A model's queue is full; the client should retry after `retry_after_s` seconds."""
+
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ModelClient(Protocol):
+    """How the gateway reaches one model's ModelServer."""
+
+    async def call(self, method: str, *args: Any) -> Any: ...
+
+    def stream(self, method: str, *args: Any) -> AsyncIterator[Any]: ...
+
+
+class LocalClient:
+    """A ModelServer in this process (tests, and anything that wants no Ray)."""
+
+    def __init__(self, server: Any):
+        self.server = server
+
+    async def call(self, method: str, *args: Any) -> Any:
+        result = getattr(self.server, method)(*args)
+        return await result if inspect.isawaitable(result) else result
+
+    def stream(self, method: str, *args: Any) -> AsyncIterator[Any]:
+        return getattr(self.server, method)(*args)
+
+
+@dataclass
+class Reply:
+    """A JSON answer and the largest model batch that produced it (for a response header)."""
+
+    body: dict[str, Any]
+    batch_size: int = 0
+
+
+def _check(served: Served) -> Any:
+    if served.error is not None:
+        raise served.error
+    return served.result
+
+
+class Gateway:
+    """Routes requests by model name to model clients; answers in the API's shapes."""
+
+    def __init__(self, config: ServeConfig, clients: dict[str, ModelClient]):
+        missing = [served.name for served in config.models if served.name not in clients]
+        if missing:
+            raise ConfigError(f"no model client for {', '.join(missing)}")
+        self.config = config
+        self.clients = clients
+        self.created = int(time.time())
+        self._infos: dict[str, dict] = {}
+        self.indexes = {index.index_name: (index, _load_index(index)) for index in config.indexes}
+
+    # -- models --------------------------------------------------------------------------
+    def client(self, name: str) -> ModelClient:
+        if name not in self.clients:
+            raise UnknownModel(
+                f"model {name!r} is not served here; served models: {', '.join(self.clients)}"
+            )
+        return self.clients[name]
+
+    async def info(self, name: str) -> dict[str, Any]:
+        if name not in self._infos:
+            self._infos[name] = await self.client(name).call("info")
+        return self._infos[name]
+
+    async def model_for(self, requested: str | None, task: str) -> str:
+        """The model a request names, or the first served model of `task` if it names none."""
+        if requested:
+            self.client(requested)
+            return requested
+        for served in self.config.models:
+            if (await self.info(served.name))["task"] == task:
+                return served.name
+        raise InvalidRequest(f"no {task} model is served here; name one with 'model'")
+
+    async def list_models(self) -> dict[str, Any]:
+        data = []
+        for served in self.config.models:
+            entry = {"id": served.name, "object": "model", "created": self.created,
+                     "owned_by": "raysight", "root": served.spec.model}
+            try:
+                info = await asyncio.wait_for(self.info(served.name), READY_TIMEOUT_S)
+                entry["task"] = info["task"]
+            except Exception:  # noqa: BLE001 - a model still loading is listed without task
+                pass
+            data.append(entry)
+        return {"object": "list", "data": data}
+
+    async def readiness(self) -> tuple[bool, dict[str, str]]:
+        async def one(name: str) -> str:
+            try:
+                await asyncio.wait_for(self.client(name).call("ready"), READY_TIMEOUT_S)
+                return "ready"
+            except Exception:  # noqa: BLE001 - any failure means not ready
+                return "not ready"
+
+        states = await asyncio.gather(*(one(name) for name in self.clients))
+        status = dict(zip(self.clients, states))
+        return all(state == "ready" for state in states), status
+
+    # -- generate ------------------------------------------------------------------------
+    async def chat(self, body: ChatCompletionRequest) -> Reply:
+        request = body.to_generate_request()
+        name = await self.model_for(body.model, "generate")
+        served: Served = await self.client(name).call("generate", request)
+        return Reply(chat_completion(_check(served), name), served.batch_size)
+
+    async def chat_stream(self, body: ChatCompletionRequest) -> AsyncIterator[str]:
+        """Server-sent events for a streamed chat. Raises before the first event if the
+        request is refused, so the client gets a plain 4xx instead of a broken stream."""
+        request = body.to_generate_request()
+        name = await self.model_for(body.model, "generate")
+        stream = self.client(name).stream("generate_stream", request)
+        first = await stream.__anext__()
+        if isinstance(first, Served):
+            _check(first)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return self._events(stream, ChunkWriter(name), include_usage)
+
+    async def _events(self, stream, writer: ChunkWriter, include_usage: bool) -> AsyncIterator[str]:
+        yield writer.role()
+        try:
+            async for item in stream:
+                if isinstance(item, str):
+                    if item:
+                        yield writer.text(item)
+                    continue
+                if item.error is not None:
+                    yield writer.error(error_body(item.error))
+                    break
+                yield writer.finish(item.result.finish_reason)
+                if include_usage:
+                    yield writer.usage(item.result)
+        except Exception as exc:  # noqa: BLE001 - the status is sent; report in-stream
+            logger.exception("a streamed completion failed")
+            yield writer.error(error_body(exc))
+        yield writer.done()
+
+    async def predict(self, body: PredictRequest) -> Reply:
+        request = body.to_generate_request()
+        name = await self.model_for(body.model, "generate")
+        served: Served = await self.client(name).call("generate", request)
+        return Reply({"output": _check(served).text}, served.batch_size)
+
+    # -- embed ---------------------------------------------------------------------------
+    async def embeddings(self, body: EmbeddingsRequest) -> Reply:
+        requests = body.to_embed_requests(self.config.max_inputs_per_request)
+        name = await self.model_for(body.model, "embed")
+        results: list[Served] = await self.client(name).call("embed", requests)
+        data, tokens = [], 0
+        for position, served in enumerate(results):
+            if served.error is not None:
+                error = served.error
+                raise type(error)(f"input {position}: {error.message}")
+            data.append(embedding_data(position, served.result.vector, body.encoding_format))
+            tokens += served.result.tokens
+        body_out = {"object": "list", "data": data, "model": name,
+                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        return Reply(body_out, max(served.batch_size for served in results))
+
+    async def classify(self, body: ClassifyRequest) -> Reply:
+        name = await self.model_for(body.model, "embed")
+        [served] = await self.client(name).call("embed", [body.to_embed_request()])
+        result = _check(served)
+        scores = sorted(zip(result.labels, result.probs), key=lambda pair: -pair[1])
+        return Reply({
+            "model": name,
+            "label": result.label,
+            "scores": [{"label": label, "score": prob} for label, prob in scores],
+        }, served.batch_size)
+
+    async def search(self, body: SearchRequest) -> Reply:
+        index_name, (index_config, index) = self._index(body.index)
+        name = body.model or await self._index_model(index_config, index)
+        [served] = await self.client(name).call("embed", [body.to_embed_request()])
+        vector = _check(served).vector
+        [hits] = await asyncio.to_thread(index.search, vector, body.k)
+        return Reply({
+            "index": index_name,
+            "model": name,
+            "results": [{"id": hit.id, "score": hit.score} for hit in hits],
+        }, served.batch_size)
+
+    def _index(self, requested: str | None):
+        if not self.indexes:
+            raise InvalidRequest("no vector index is configured; start the server with an index")
+        if requested is None:
+            if len(self.indexes) > 1:
+                raise InvalidRequest(
+                    f"several indexes are served ({', '.join(self.indexes)}); name one with 'index'"
+                )
+            requested = next(iter(self.indexes))
+        if requested not in self.indexes:
+            raise UnknownModel(
+                f"no index named {requested!r}; indexes: {', '.join(self.indexes)}"
+            )
+        return requested, self.indexes[requested]
+
+    async def _index_model(self, index_config: IndexConfig, index) -> str:
+        if index_config.model:
+            return index_config.model
+        built_with = index.meta.get("model")
+        for served in self.config.models:
+            if built_with in (served.name, served.spec.model):
+                return served.name
+        return await self.model_for(None, "embed")
+
+
+def _load_index(index: IndexConfig):
+    from raysight.index import VectorIndex
+
+    loaded = VectorIndex.load(index.path)
+    logger.info("loaded index %s (%d vectors, dim %d)", index.index_name, len(loaded), loaded.dim)
+    return loaded

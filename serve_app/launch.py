@@ -1,0 +1,146 @@
+"""Start Ray Serve with raysight's app: ``raysight serve`` and ``serve_models`` for the common
+case, ``start_serving`` for callers (tests, notebooks) that keep control.
+
+    raysight serve --model builtin:shapes-vlm --model builtin:shapes-clip [--port 8000]
+                   [--index DIR] [--api-key KEY] [--serve-config FILE.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from typing import Sequence
+
+from raysight.errors import RaysightError
+from raysight.spec import ModelSpec
+from serve_app.config import IndexConfig, ServeConfig
+
+API_KEY_ENV = "RAYSIGHT_API_KEY"
+
+
+def start_serving(config: ServeConfig) -> str:
+    """Deploy `config` on the Ray this process is connected to; return the base URL once
+    every deployment is up. Starts Serve's HTTP proxy on config.host:config.port if Serve
+    is not running yet."""
+    from ray import serve
+
+    from serve_app.app import LOGGING_CONFIG, build_app
+
+    serve.start(
+        http_options={"host": config.host, "port": config.port},
+        logging_config=LOGGING_CONFIG,
+    )
+    # serve.run returns when every replica has loaded its model and passed its health check.
+    serve.run(build_app(config), name=config.app_name, route_prefix="/",
+              logging_config=LOGGING_CONFIG)
+    host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
+    return f"http://{host}:{config.port}"
+
+
+def serve_config(config: ServeConfig, ray_address: str | None = "local") -> None:
+    """Start Ray (a private local instance unless `ray_address` is given), serve `config`,
+    print the URL and block until Ctrl-C or SIGTERM; then shut Serve and Ray down."""
+    import ray
+    from ray import serve
+
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        # Logs stay in Ray's log files: forwarding them to this terminal costs throughput.
+        ray.init(address=ray_address, log_to_driver=False, include_dashboard=False)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        url = start_serving(config)
+        names = ", ".join(served.name for served in config.models)
+        print(f"raysight: serving {names} at {url} (OpenAI API at {url}/v1); Ctrl-C to stop",
+              flush=True)
+        while not stop.wait(0.5):
+            pass
+        print("raysight: shutting down", flush=True)
+    finally:
+        serve.shutdown()
+        if started_ray:
+            ray.shutdown()
+
+
+def serve_models(
+    specs: Sequence[ModelSpec],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    indexes: Sequence[str] = (),
+    api_key: str | None = None,
+    ray_address: str | None = "local",
+) -> None:
+    """Serve `specs` over HTTP until interrupted (what ``raysight serve`` runs)."""
+    config = ServeConfig.for_specs(
+        list(specs), host=host, port=port, api_key=api_key,
+        indexes=[IndexConfig(path=path) for path in indexes],
+    )
+    serve_config(config, ray_address)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from raysight.cli import add_spec_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="raysight serve",
+        description="Serve models over HTTP on Ray Serve (OpenAI-compatible API, /predict, "
+        "/classify, /search).",
+    )
+    add_spec_arguments(parser, multiple=True)
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--index", action="append", default=[],
+                        help="a vector index folder for /search (repeatable)")
+    parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
+                        help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV})")
+    parser.add_argument("--serve-config", help="a ServeConfig YAML file (instead of --model)")
+    parser.add_argument("--address", default="local",
+                        help="Ray address to join ('auto', 'ray://...'); default: a private "
+                        "local Ray")
+    return parser
+
+
+def config_from_arguments(args: argparse.Namespace) -> ServeConfig:
+    from raysight.cli import spec_from_arguments
+
+    if args.serve_config:
+        import yaml
+
+        with open(args.serve_config, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle) or {}
+        data.setdefault("host", args.host)
+        data.setdefault("port", args.port)
+        if args.api_key:
+            data.setdefault("api_key", args.api_key)
+        return ServeConfig.from_mapping(data, source=args.serve_config)
+    models = [(model, None) for model in args.model or []]
+    models += [(None, config) for config in args.config or []]
+    if not models:
+        raise RaysightError("give at least one --model (or --config, or --serve-config)")
+    specs = [spec_from_arguments(args, model, config) for model, config in models]
+    return ServeConfig.for_specs(
+        specs, host=args.host, port=args.port, api_key=args.api_key,
+        indexes=[IndexConfig(path=path) for path in args.index],
+    )
+
+
+def serve_command(argv: Sequence[str] | None = None) -> int:
+    """``raysight serve ...``: parse flags, serve until Ctrl-C. Returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_arguments(args)
+        serve_config(config, None if args.address in ("", "none") else args.address)
+    except RaysightError as exc:
+        print(f"raysight serve: error: {exc.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(serve_command())

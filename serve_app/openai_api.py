@@ -1,0 +1,287 @@
+"""Request and response shapes of the HTTP API: OpenAI's chat completions and embeddings,
+and raysight's /predict, /classify and /search.
+
+Requests are validated here into the shared core's request objects (GenerateRequest,
+EmbedRequest); images stay as the strings clients sent and are decoded in the model replica,
+so the ingress never spends CPU on pixels.
+
+Image input for /v1/embeddings follows the two conventions OpenAI-compatible servers use:
+  * Infinity: ``{"input": ["data:image/png;base64,...", ...], "modality": "image"}`` - every
+    input is an image reference (data URL, plain base64, or an http(s) URL when the model's
+    ``images.allow_urls`` is on);
+  * content parts, as in chat messages: ``{"input": [{"type": "image_url", "image_url":
+    {"url": "data:image/png;base64,..."}}, {"type": "text", "text": "a red circle"}]}`` - one
+    vector per part, so texts and images mix in one request.
+Plain ``{"input": "text"}`` / ``{"input": ["t1", "t2"]}`` embeds text, as OpenAI does.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from raysight.engines.embed import EmbedRequest
+from raysight.engines.generate import GenerateRequest, GenerateResult
+from raysight.errors import InvalidRequest
+
+
+class _Body(BaseModel):
+    # Unknown fields are ignored, as OpenAI-compatible servers do; the known ones that
+    # raysight cannot honour are refused by `unsupported_options`.
+    model_config = ConfigDict(extra="ignore")
+
+
+def parse(model: type[BaseModel], data: Any) -> Any:
+    """Validate a JSON body, turning pydantic's report into one readable 400."""
+    if not isinstance(data, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'body'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise InvalidRequest(f"invalid request: {problems}") from None
+
+
+# --- chat completions ------------------------------------------------------------------------
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(_Body):
+    model: str | None = None
+    messages: list[Any] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    # Known options raysight cannot honour; refused unless left at their defaults.
+    n: int | None = None
+    stop: str | list[str] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, Any] | None = None
+    tools: list[Any] | None = None
+    functions: list[Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+    def unsupported_options(self) -> list[str]:
+        problems = []
+        if self.n not in (None, 1):
+            problems.append(f"n={self.n} (only n=1 is supported; send separate requests)")
+        if self.stop:
+            problems.append("stop sequences")
+        if self.logprobs or self.top_logprobs:
+            problems.append("logprobs")
+        if self.presence_penalty or self.frequency_penalty:
+            problems.append("presence/frequency penalties")
+        if self.logit_bias:
+            problems.append("logit_bias")
+        if self.tools or self.functions:
+            problems.append("tools/functions")
+        if self.response_format and self.response_format.get("type", "text") != "text":
+            problems.append(f"response_format {self.response_format.get('type')!r}")
+        return problems
+
+    def to_generate_request(self) -> GenerateRequest:
+        problems = self.unsupported_options()
+        if problems:
+            raise InvalidRequest(f"unsupported option(s): {', '.join(problems)}")
+        return GenerateRequest(
+            messages=self.messages,
+            max_new_tokens=self.max_completion_tokens or self.max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+        )
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def usage(result: GenerateResult) -> dict[str, int]:
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+    }
+
+
+def chat_completion(result: GenerateResult, model: str) -> dict[str, Any]:
+    return {
+        "id": completion_id(),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": result.text},
+            "finish_reason": result.finish_reason,
+        }],
+        "usage": usage(result),
+    }
+
+
+class ChunkWriter:
+    """Server-sent events in OpenAI's ``chat.completion.chunk`` format for one completion."""
+
+    def __init__(self, model: str):
+        self.model = model
+        self.id = completion_id()
+        self.created = int(time.time())
+
+    def _chunk(self, choices: list[dict], **extra: Any) -> str:
+        import json
+
+        body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model, "choices": choices, **extra}
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    def role(self) -> str:
+        return self._chunk([{"index": 0, "delta": {"role": "assistant", "content": ""},
+                             "finish_reason": None}])
+
+    def text(self, piece: str) -> str:
+        return self._chunk([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
+
+    def finish(self, reason: str) -> str:
+        return self._chunk([{"index": 0, "delta": {}, "finish_reason": reason}])
+
+    def usage(self, result: GenerateResult) -> str:
+        return self._chunk([], usage=usage(result))
+
+    @staticmethod
+    def error(body: dict) -> str:
+        import json
+
+        return f"data: {json.dumps(body)}\n\n"
+
+    @staticmethod
+    def done() -> str:
+        return "data: [DONE]\n\n"
+
+
+# --- embeddings --------------------------------------------------------------------------------
+
+
+class EmbeddingsRequest(_Body):
+    model: str | None = None
+    input: str | list[Any]
+    modality: Literal["text", "image"] = "text"
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+
+    def to_embed_requests(self, max_inputs: int) -> list[EmbedRequest]:
+        if self.dimensions is not None:
+            raise InvalidRequest("dimensions is not supported: vectors have the model's own size")
+        items = [self.input] if isinstance(self.input, str) else list(self.input)
+        if not items:
+            raise InvalidRequest("input must not be empty")
+        if len(items) > max_inputs:
+            raise InvalidRequest(
+                f"{len(items)} inputs in one request; the limit is {max_inputs} "
+                "(max_inputs_per_request); split the request"
+            )
+        return [self._one(item, position) for position, item in enumerate(items)]
+
+    def _one(self, item: Any, position: int) -> EmbedRequest:
+        if isinstance(item, str):
+            return EmbedRequest(image=item) if self.modality == "image" else EmbedRequest(text=item)
+        if isinstance(item, dict) and item.get("type") == "text" and isinstance(item.get("text"), str):
+            return EmbedRequest(text=item["text"])
+        if isinstance(item, dict) and item.get("type") == "image_url":
+            url = item.get("image_url")
+            url = url.get("url") if isinstance(url, dict) else url
+            if isinstance(url, str) and url:
+                return EmbedRequest(image=url)
+        if isinstance(item, (int, list)):
+            raise InvalidRequest("token-id inputs are not supported; send text or images")
+        raise InvalidRequest(
+            f"input {position}: expected a string or a content part "
+            '{"type": "text", "text": ...} / {"type": "image_url", "image_url": {"url": ...}}'
+        )
+
+
+def embedding_data(index: int, vector, encoding_format: str) -> dict[str, Any]:
+    import numpy as np
+
+    values = np.asarray(vector, dtype="<f4")
+    embedding: Any = (
+        base64.b64encode(values.tobytes()).decode("ascii")
+        if encoding_format == "base64" else values.tolist()
+    )
+    return {"object": "embedding", "index": index, "embedding": embedding}
+
+
+# --- raysight's own routes -----------------------------------------------------------------------
+
+
+class PredictRequest(_Body):
+    """The contract of the widely copied Flask VLM server: both fields are required."""
+
+    prompt: str | None = None
+    image: str | None = None
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=1)
+
+    def to_generate_request(self) -> GenerateRequest:
+        missing = [name for name in ("prompt", "image") if not getattr(self, name)]
+        if missing:
+            raise InvalidRequest(
+                f"missing {' and '.join(missing)}: send JSON "
+                '{"prompt": "...", "image": "<base64 of the image file>"}'
+            )
+        return GenerateRequest.from_prompt(self.prompt, self.image, max_new_tokens=self.max_tokens)
+
+
+class ClassifyRequest(_Body):
+    model: str | None = None
+    image: str = Field(description="The image: base64, a data URL, or an allowed http(s) URL.")
+    labels: list[str] = Field(min_length=1, description="Candidate labels, e.g. captions.")
+
+    def to_embed_request(self) -> EmbedRequest:
+        return EmbedRequest(image=self.image, labels=list(self.labels))
+
+
+class SearchRequest(_Body):
+    model: str | None = None
+    index: str | None = None
+    text: str | None = None
+    image: str | None = None
+    k: int = Field(5, ge=1, le=1000)
+
+    def to_embed_request(self) -> EmbedRequest:
+        if (self.text is None) == (self.image is None):
+            raise InvalidRequest("give exactly one of text or image to search with")
+        return EmbedRequest(text=self.text) if self.text is not None else EmbedRequest(image=self.image)
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+def error_body(exc: BaseException, flat: bool = False) -> dict[str, Any]:
+    """The one JSON error shape: OpenAI's ``{"error": {message, type, code}}``, or the flat
+    ``{"error": message}`` of /predict's contract. Only RaysightErrors say what went wrong;
+    anything else is a bug, and its details stay in the log."""
+    from raysight.errors import RaysightError
+
+    if isinstance(exc, RaysightError):
+        message, code = exc.message, exc.code
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    else:
+        message, code, kind = "internal server error", "internal_error", "server_error"
+    if flat:
+        return {"error": message}
+    return {"error": {"message": message, "type": kind, "code": code}}
