@@ -102,7 +102,7 @@ def _add_stages(job: JobConfig, source: InputSource, plan: StagePlan, dataset) -
         batch_size=job.preprocess_batch_size,
         batch_format="pyarrow",
     )
-    return dataset.map_batches(
+    dataset = dataset.map_batches(
         ModelStage,
         fn_constructor_kwargs={"job": job, "model_actors": plan.model_actors},
         compute=ActorPoolStrategy(size=plan.model_actors),
@@ -111,6 +111,8 @@ def _add_stages(job: JobConfig, source: InputSource, plan: StagePlan, dataset) -
         batch_size=job.batch_size,
         batch_format="pyarrow",
     )
+    dataset.context.enable_progress_bars = job.progress
+    return dataset
 
 
 def job_manifest(job: JobConfig, key: str) -> dict:
@@ -146,7 +148,6 @@ def run_job(job: JobConfig) -> JobSummary:
     started = time.perf_counter()
     if rows is not None:
         dataset = _add_stages(job, source, plan, rows)
-        dataset.context.enable_progress_bars = job.progress
         dataset.write_datasink(sink, ray_remote_args={"num_cpus": plan.write_num_cpus})
     seconds = time.perf_counter() - started
     summary = _summarise(job, sink.write_returns, skipped=len(done), seconds=seconds,

@@ -27,6 +27,7 @@ IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff", "
 TABLE_FORMATS = {"parquet": "parquet", "csv": "csv", "jsonl": "json", "json": "json"}
 PATH_KEY = "path"
 IMAGE = "image"
+IMAGE_BYTES = "bytes"  # the column read_binary_files fills
 _GLOB_CHARS = "*?["
 
 
@@ -134,7 +135,9 @@ def read_images(source: InputSource, skip: Iterable[str], num_cpus: float, rows_
         num_cpus=num_cpus,
         override_num_blocks=max(1, -(-len(files) // rows_per_block)),
     )
-    return dataset.rename_columns({"bytes": IMAGE})
+    # Ray names the bytes column "bytes"; renaming it here would add a separate task stage
+    # that reserves a whole CPU, so the CPU stage reads it under that name instead.
+    return dataset
 
 
 def read_table(source: InputSource, num_cpus: float) -> "ray.data.Dataset":

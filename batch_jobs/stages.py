@@ -19,7 +19,7 @@ from raysight.errors import ConfigError, ImageError, ImageTooLarge, RaysightErro
 
 from batch_jobs.codec import PREPARED_TYPE, decode_prepared, encode_prepared
 from batch_jobs.config import JobConfig
-from batch_jobs.readers import IMAGE
+from batch_jobs.readers import IMAGE, IMAGE_BYTES
 from batch_jobs.tasks import task_for
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class PreprocessStage:
                 prepared.append(encode_prepared(item))
                 errors.append(None)
                 error_types.append(None)
-        out = batch.drop_columns([IMAGE]) if IMAGE in batch.column_names else batch
+        out = batch.drop_columns([c for c in (IMAGE, IMAGE_BYTES) if c in batch.column_names])
         out = out.append_column(PREPARED, pa.array(prepared, PREPARED_TYPE))
         out = out.append_column(ERROR, pa.array(errors, pa.string()))
         return out.append_column(ERROR_TYPE, pa.array(error_types, pa.string()))
@@ -111,7 +111,8 @@ class PreprocessStage:
     def prepare(self, row: dict) -> Any:
         """The prepared item for one row, or the RaysightError saying why there is none."""
         try:
-            request = self.task.request(self.job, self.images.source(row.get(IMAGE)), row)
+            image = row[IMAGE_BYTES] if IMAGE_BYTES in row else row.get(IMAGE)
+            request = self.task.request(self.job, self.images.source(image), row)
         except RaysightError as exc:
             return exc
         except Exception as exc:  # noqa: BLE001 - e.g. an unreadable file; one row fails

@@ -1,0 +1,123 @@
+"""`ray job submit --working-dir . -- python -m batch_jobs.caption ...` against a cluster this
+test starts with `ray start --head`, on its own ports and temp dir so it never meets the
+session's Ray or anyone else's. Only this cluster's processes are stopped at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from raysight.shapes import write_shapes_folder
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def _processes_under(marker: str) -> list[int]:
+    """Pids of processes whose command line names `marker` (this cluster's temp dir)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                if marker.encode() in handle.read():
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def head_cluster():
+    """A `ray start --head --block` cluster with 2 CPUs; yields its dashboard address."""
+    # A short path: Ray's unix sockets live under it and their paths are length-limited.
+    temp_dir = tempfile.mkdtemp(prefix="rsjob-", dir="/tmp")
+    ports = _free_ports(10)
+    flags = dict(zip(
+        ("--port", "--dashboard-port", "--node-manager-port", "--object-manager-port",
+         "--ray-client-server-port", "--dashboard-agent-listen-port",
+         "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port"),
+        ports,
+    ))
+    command = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus=2", "--num-gpus=0",
+               "--temp-dir", temp_dir, "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+               "--disable-usage-stats"]
+    command += [f"{flag}={port}" for flag, port in flags.items()]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}",
+           # No Serve replicas to drain: stop at once when told to.
+           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+    env.pop("RAY_ADDRESS", None)
+    log = open(Path(temp_dir) / "ray-start.log", "w")
+    head = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    address = f"http://127.0.0.1:{flags['--dashboard-port']}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert head.poll() is None, (Path(temp_dir) / "ray-start.log").read_text()[-2000:]
+            try:
+                urllib.request.urlopen(f"{address}/api/version", timeout=2).read()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the head node did not come up in 90 s"
+                time.sleep(0.5)
+        yield address, env
+    finally:
+        # SIGTERM to `ray start --block` stops the processes it started; then make sure.
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait()
+        time.sleep(1)
+        for pid in _processes_under(temp_dir):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_caption_job_runs_under_ray_job_submit(head_cluster, tiny_models, tmp_path):
+    address, env = head_cluster
+    images = write_shapes_folder(tmp_path / "images", 40, seed=3, corrupt=1)
+    output = tmp_path / "captions"
+    command = [
+        str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
+        "--", "python", "-m", "batch_jobs.caption", "--model", tiny_models["blip"],
+        "--input", str(images), "--output", str(output), "--max-new-tokens", "6", "--json",
+    ]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    logs = done.stdout + done.stderr
+    assert done.returncode == 0, logs[-3000:]
+    assert "succeeded" in logs
+    summary = json.loads(next(line for line in logs.splitlines() if line.startswith('{"')))
+    assert summary["rows"] == 41 and summary["failures"] == 1
+    assert summary["plan"].startswith("model: 1 actor(s) x (1 CPU)")  # half the 2 CPUs
+    table = pq.read_table(output)
+    assert sorted(table["path"].to_pylist()) == sorted(str(p) for p in images.glob("*.png"))
