@@ -122,7 +122,12 @@ class IngressOptions(_Frozen):
     """The HTTP-facing deployment: it parses requests and routes them; it runs no model."""
 
     num_replicas: int = Field(1, ge=1, description="Ingress replicas.")
-    num_cpus: float = Field(0.5, ge=0, description="CPUs Ray reserves for each ingress replica.")
+    num_cpus: float = Field(
+        0.0,
+        ge=0,
+        description="CPUs Ray reserves for each ingress replica. It runs no model, so by "
+        "default it reserves none and fits on a node whose CPUs the models have taken.",
+    )
     max_ongoing_requests: int = Field(
         512, gt=0, description="Requests one ingress replica handles at once."
     )
