@@ -1,10 +1,24 @@
 """Offline jobs on Ray Data: caption / ask, embed, classify and index large image sets.
 
-Each job runs as ``python -m batch_jobs.<job>`` (also under ``ray job submit``) or from a
-Python driver. The functions below are imported lazily, so importing the package is cheap.
+    python -m batch_jobs.caption --model builtin:shapes-vlm --input photos/ --output captions/
+    python -m batch_jobs.caption --model M --input questions.parquet --output answers/  # prompt column
+    python -m batch_jobs.embed --model builtin:shapes-clip --input photos/ --output vectors/
+    python -m batch_jobs.classify --model builtin:shapes-clip --input photos/ --output labels/ \
+        --labels "a red circle,a blue square"
+    python -m batch_jobs.index --input vectors/ --output shapes-index/ [--index-type ivf]
+
+On a cluster: `ray job submit --address http://HEAD:8265 --working-dir . -- python -m
+batch_jobs.caption ...` (Ray 2.60 needs RAY_AUTH_MODE=disabled, or the cluster's token, in the
+submitting shell). Inputs and outputs may be object-store URIs (s3://bucket/photos/) that every
+node can read. `raysight job caption ...` runs the same `main(argv)` as `python -m`.
+
+Each job: read -> CPU preprocess actors (the engine's own preprocess, no weights) -> model
+actor pool (`engine.infer` + `postprocess`) -> Parquet part files written atomically. A bad
+image costs one row (its `error` says why); re-running into the same output resumes.
+From Python (the functions are imported lazily, so importing the package is cheap):
 
     from batch_jobs import run_caption
-    summary = run_caption("builtin:shapes-vlm", "photos/", "captions/")
+    summary = run_caption("builtin:shapes-vlm", "photos/", "captions/")   # JobSummary
 """
 
 from __future__ import annotations

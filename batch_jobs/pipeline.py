@@ -10,7 +10,7 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Iterable
 
 from batch_jobs.config import JobConfig
@@ -40,7 +40,7 @@ class JobSummary:
     seconds: float
     images_per_s: float
     plan: str
-    files: list[str] = field(default_factory=list)
+    parts_written: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -178,5 +178,5 @@ def _summarise(job, returns: list[dict], *, skipped: int, seconds: float, output
         seconds=round(seconds, 3),
         images_per_s=round(rows / seconds, 2) if seconds > 0 and rows else 0.0,
         plan=plan.describe(),
-        files=sorted(r["file"] for r in returns if r.get("file")),
+        parts_written=sum(1 for r in returns if r.get("file")),
     )

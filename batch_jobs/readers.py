@@ -1,8 +1,9 @@
 """Inputs: a folder or glob of images, or Parquet / CSV / JSONL tables with an image column.
 
-Whatever the input, the rows that reach the CPU stage have the same columns: the key (the
-row's identity in the output and on resume), ``image`` (bytes, or a path / URL string to
-load), and ``prompt`` / ``text`` when the table has them. Files are listed on the driver, so
+Rows reach the CPU stage with the key (the row's identity in the output and on resume:
+``path``, or a table's id column) and the image: ``bytes`` for an image folder (as
+`read_binary_files` names it), ``image`` for a table (bytes, or a path / URL to load), plus
+``prompt`` / ``text`` when the table has them. Files are listed on the driver, so
 a resumed job skips finished images before a single byte of them is read.
 """
 
@@ -150,7 +151,7 @@ def read_table(source: InputSource, num_cpus: float) -> "ray.data.Dataset":
         "json": ray.data.read_json,
     }
     return readers[source.format](
-        list(source.files), filesystem=source.filesystem, ray_remote_args={"num_cpus": num_cpus}
+        list(source.files), filesystem=source.filesystem, num_cpus=num_cpus
     )
 
 
