@@ -1,0 +1,129 @@
+"""DrainBatcher without Ray: batches form from whatever waits when the model frees up."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from serve_app.batching import DrainBatcher
+
+
+class GatedModel:
+    """A fake model: records each batch; the first batch blocks until `release()`."""
+
+    def __init__(self, fail_on: str | None = None):
+        self.batches: list[list[str]] = []
+        self.first_started = threading.Event()
+        self.gate = threading.Event()
+        self.fail_on = fail_on
+
+    def __call__(self, items: list[str]) -> list[str]:
+        self.batches.append(list(items))
+        if len(self.batches) == 1:
+            self.first_started.set()
+            self.gate.wait(10)
+        if self.fail_on in items:
+            raise RuntimeError("model bug")
+        return [item.upper() for item in items]
+
+
+async def started(model: GatedModel) -> None:
+    await asyncio.to_thread(model.first_started.wait, 10)
+
+
+def run(coroutine):
+    return asyncio.run(asyncio.wait_for(coroutine, 20))
+
+
+def test_requests_arriving_during_a_batch_are_merged_into_the_next():
+    async def scenario():
+        model = GatedModel()
+        batcher = DrainBatcher(model, max_batch_size=16)
+        first = asyncio.ensure_future(batcher.submit("a"))
+        await started(model)
+        rest = [asyncio.ensure_future(batcher.submit(f"r{i}")) for i in range(10)]
+        await asyncio.sleep(0)  # let them queue
+        assert batcher.queued == 10
+        model.gate.set()
+        results = await asyncio.gather(first, *rest)
+        return model.batches, results
+
+    batches, results = run(scenario())
+    assert [len(batch) for batch in batches] == [1, 10]
+    assert [result for result, _ in results] == ["A"] + [f"R{i}" for i in range(10)]
+    assert [stats.batch_size for _, stats in results] == [1] + [10] * 10
+
+
+def test_batches_never_exceed_max_batch_size():
+    async def scenario():
+        model = GatedModel()
+        batcher = DrainBatcher(model, max_batch_size=4)
+        first = asyncio.ensure_future(batcher.submit("a"))
+        await started(model)
+        rest = [asyncio.ensure_future(batcher.submit(f"r{i}")) for i in range(10)]
+        await asyncio.sleep(0)
+        model.gate.set()
+        await asyncio.gather(first, *rest)
+        return model.batches
+
+    assert [len(batch) for batch in run(scenario())] == [1, 4, 4, 2]
+
+
+def test_a_failing_batch_fails_only_its_own_requests():
+    async def scenario():
+        model = GatedModel(fail_on="bad")
+        batcher = DrainBatcher(model, max_batch_size=2)
+        first = asyncio.ensure_future(batcher.submit("a"))
+        await started(model)
+        doomed = [asyncio.ensure_future(batcher.submit(x)) for x in ("bad", "b")]
+        later = asyncio.ensure_future(batcher.submit("c"))
+        await asyncio.sleep(0)
+        model.gate.set()
+        outcomes = await asyncio.gather(first, *doomed, later, return_exceptions=True)
+        return outcomes
+
+    first, bad, b, later = run(scenario())
+    assert first[0] == "A" and later[0] == "C"
+    assert isinstance(bad, RuntimeError) and isinstance(b, RuntimeError)
+
+
+def test_requests_cancelled_while_waiting_are_skipped():
+    async def scenario():
+        model = GatedModel()
+        batcher = DrainBatcher(model, max_batch_size=8)
+        first = asyncio.ensure_future(batcher.submit("a"))
+        await started(model)
+        gone = asyncio.ensure_future(batcher.submit("gone"))
+        kept = asyncio.ensure_future(batcher.submit("kept"))
+        await asyncio.sleep(0)
+        gone.cancel()
+        model.gate.set()
+        await asyncio.gather(first, kept)
+        return model.batches
+
+    assert run(scenario()) == [["a"], ["kept"]]
+
+
+def test_a_burst_arriving_within_wait_s_forms_one_batch():
+    async def scenario():
+        model = lambda items: list(items)  # noqa: E731
+        sizes: list[int] = []
+        batcher = DrainBatcher(model, max_batch_size=8, wait_s=0.5,
+                               on_batch=lambda size, waits: sizes.append(size))
+        tasks = []
+        for i in range(5):
+            tasks.append(asyncio.ensure_future(batcher.submit(i)))
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*tasks)
+        return sizes
+
+    assert run(scenario()) == [5]
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="max_batch_size"):
+        DrainBatcher(list, max_batch_size=0)
+    with pytest.raises(ValueError, match="wait_s"):
+        DrainBatcher(list, max_batch_size=1, wait_s=-1)
