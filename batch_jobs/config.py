@@ -88,8 +88,8 @@ class JobConfig(BaseModel):
         "the cluster so the read and preprocess stages always keep CPUs to run on."
     )
     torch_threads: int | None = Field(
-        None, gt=0, description="Torch threads in each model actor (default: this node's cores "
-        "shared between the model actors)."
+        None, gt=0, description="Torch threads in each model actor (default: half this node's "
+        "cores, the model stage's share, split between the model actors; at least 1)."
     )
     rows_per_file: int = Field(
         1000, gt=0, description="Rows gathered into one output part file. Smaller files lose "
@@ -134,7 +134,12 @@ def make_job_config(**fields) -> JobConfig:
     try:
         return JobConfig.model_validate(fields)
     except ValidationError as exc:
-        raise ConfigError(f"invalid job settings:\n{exc}") from None
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"{where}: {message}" if where else message)
+        raise ConfigError("invalid job settings: " + "; ".join(problems)) from None
 
 
 def job_config_for(job: str, model, input: str, output: str | None = None, **options) -> JobConfig:
