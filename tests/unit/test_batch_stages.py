@@ -101,3 +101,24 @@ def test_a_job_refuses_a_model_of_the_wrong_kind(tiny_models):
     job = job_config_for("caption", tiny_models["clip"], "in", "out")
     with pytest.raises(ConfigError, match="needs a generative model"):
         PreprocessStage(job)
+
+
+def test_urls_data_urls_and_oversize_images_follow_the_spec_policy(tiny_models, rng, tmp_path):
+    import base64
+
+    small = png_bytes(noise_image(rng, 32, 32))
+    big = png_bytes(noise_image(rng, 200, 200))
+    (tmp_path / "big.png").write_bytes(big)
+    spec = {"model": tiny_models["clip"], "images": {"max_image_bytes": len(big) - 1}}
+    job = job_config_for("embed", spec, str(tmp_path), None)
+    batch = pa.table({"id": ["url", "data", "big-file"], "image": [
+        "https://example.com/a.png",
+        "data:image/png;base64," + base64.b64encode(small).decode(),
+        "big.png",
+    ]})
+    out = PreprocessStage(job, image_root=str(tmp_path))(batch).to_pylist()
+    assert out[0]["error_type"] == "URLRefused" and "images.allow_urls" in out[0]["error"]
+    assert out[1]["error"] is None and out[1]["prepared"]
+    assert out[2]["error_type"] == "ImageTooLarge" and "images.max_image_bytes" in out[2]["error"]
+    in_bytes = PreprocessStage(job)(pa.table({"id": ["b"], "image": [big]})).to_pylist()
+    assert in_bytes[0]["error_type"] == "ImageTooLarge"
