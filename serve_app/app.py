@@ -83,7 +83,7 @@ def deployment_name(model: str) -> str:
     return "model-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", model)
 
 
-def _model_deployment(served: ServedModel):
+def _model_deployment(served: ServedModel, model_server: type):
     from ray import serve
 
     options = served.deployment
@@ -92,7 +92,7 @@ def _model_deployment(served: ServedModel):
         if options.autoscaling_config else {"num_replicas": options.num_replicas}
     )
     return serve.deployment(
-        ModelServer,
+        model_server,
         name=deployment_name(served.name),
         ray_actor_options=options.ray_actor_options(),
         # >= max_batch_size: Serve's default of 5 would silently cap every batch at 5.
@@ -104,11 +104,14 @@ def _model_deployment(served: ServedModel):
     ).bind(served.spec, options.torch_threads)
 
 
-def build_app(config: ServeConfig):
-    """The Serve application for `config` (pass it to ``serve.run``)."""
+def build_app(config: ServeConfig, model_server: type = ModelServer):
+    """The Serve application for `config` (pass it to ``serve.run``).
+
+    `model_server` may be a ModelServer subclass (the benchmark swaps in Ray's
+    ``@serve.batch`` this way to compare it with the DrainBatcher)."""
     from ray import serve
 
-    handles = {served.name: _model_deployment(served) for served in config.models}
+    handles = {served.name: _model_deployment(served, model_server) for served in config.models}
     ingress = config.ingress
     return serve.deployment(
         serve.ingress()(Ingress),

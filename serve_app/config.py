@@ -8,6 +8,7 @@ the deployment options sit under a ``deployment:`` key next to the ModelSpec fie
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,11 @@ class ServeConfig(_Frozen):
         description="If set, every route but /healthz and /readyz needs "
         "'Authorization: Bearer <api_key>'.",
     )
+    api_key_env: str | None = Field(
+        None,
+        description="Name of an environment variable holding the API key, read when the "
+        "ingress starts; keeps the key out of Serve config files. Used when api_key is unset.",
+    )
     max_body_bytes: int = Field(
         20 * 1024 * 1024, gt=0, description="Largest request body accepted (413 above it)."
     )
@@ -179,6 +185,20 @@ class ServeConfig(_Frozen):
                     f"served; served models: {', '.join(names)}"
                 )
         return self
+
+    def resolved_api_key(self) -> str | None:
+        """The API key to require, if any (api_key, else the api_key_env variable)."""
+        if self.api_key:
+            return self.api_key
+        if self.api_key_env:
+            key = os.environ.get(self.api_key_env)
+            if not key:
+                raise ConfigError(
+                    f"api_key_env names {self.api_key_env}, which is not set in the ingress's "
+                    "environment; set it (e.g. runtime_env.env_vars) or use api_key"
+                )
+            return key
+        return None
 
     def model(self, name: str) -> ServedModel:
         for served in self.models:

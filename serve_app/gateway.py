@@ -123,12 +123,14 @@ class Gateway:
             try:
                 await asyncio.wait_for(self.client(name).call("ready"), READY_TIMEOUT_S)
                 return "ready"
-            except Exception:  # noqa: BLE001 - any failure means not ready
+            except ModelOverloaded:
+                return "busy"  # loaded and working, its queue full: still ready
+            except Exception:  # noqa: BLE001 - any other failure means not ready
                 return "not ready"
 
         states = await asyncio.gather(*(one(name) for name in self.clients))
         status = dict(zip(self.clients, states))
-        return all(state == "ready" for state in states), status
+        return all(state != "not ready" for state in states), status
 
     # -- generate ------------------------------------------------------------------------
     async def chat(self, body: ChatCompletionRequest) -> Reply:

@@ -21,7 +21,7 @@ from serve_app.config import IndexConfig, ServeConfig
 API_KEY_ENV = "RAYSIGHT_API_KEY"
 
 
-def start_serving(config: ServeConfig) -> str:
+def start_serving(config: ServeConfig, **build_options) -> str:
     """Deploy `config` on the Ray this process is connected to; return the base URL once
     every deployment is up. Starts Serve's HTTP proxy on config.host:config.port if Serve
     is not running yet."""
@@ -34,7 +34,7 @@ def start_serving(config: ServeConfig) -> str:
         logging_config=LOGGING_CONFIG,
     )
     # serve.run returns when every replica has loaded its model and passed its health check.
-    serve.run(build_app(config), name=config.app_name, route_prefix="/",
+    serve.run(build_app(config, **build_options), name=config.app_name, route_prefix="/",
               logging_config=LOGGING_CONFIG)
     host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
     return f"http://{host}:{config.port}"

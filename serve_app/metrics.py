@@ -1,7 +1,9 @@
 """Metrics through Ray's metrics API, exported in Prometheus format by each node's metrics agent.
 
 Ingress: requests and latency by route and status. Model replicas: batch sizes and the time
-requests wait in the queue for a batch. Outside a Ray worker (unit tests, local clients)
+requests wait in the queue for a batch. Prometheus sees them with Ray's prefix:
+``ray_raysight_requests_total``, ``ray_raysight_request_latency_s``, ``ray_raysight_batch_size``,
+``ray_raysight_queue_wait_s``, ``ray_raysight_model_items_total``. Outside a Ray worker (unit tests, local clients)
 every metric is a no-op, so the serving code never checks.
 """
 
@@ -54,7 +56,7 @@ class IngressMetrics:
 
     def __init__(self) -> None:
         tags = ("route", "status")
-        self.requests = _counter("raysight_requests_total", "HTTP requests answered.", tags)
+        self.requests = _counter("raysight_requests", "HTTP requests answered.", tags)
         self.latency = _histogram(
             "raysight_request_latency_s", "Time to answer an HTTP request (s).",
             LATENCY_BUCKETS_S, tags,
@@ -79,7 +81,7 @@ class ModelMetrics:
             "raysight_queue_wait_s", "Time a request waited for its batch to start (s).",
             QUEUE_WAIT_BUCKETS_S, keys,
         )
-        self.items = _counter("raysight_model_items_total", "Items the model processed.", keys)
+        self.items = _counter("raysight_model_items", "Items the model processed.", keys)
 
     def record_batch(self, size: int, waits: list[float]) -> None:
         self.batch_size.observe(size, tags=self.tags)

@@ -150,7 +150,8 @@ def build_http_api(gateway: Gateway, metrics: IngressMetrics | None = None) -> F
     """The FastAPI app serving `gateway` under the limits of its ServeConfig."""
     config = gateway.config
     app = FastAPI(title="raysight", version="0.1.0", docs_url=None, redoc_url=None)
-    app.add_middleware(HttpEdge, api_key=config.api_key, max_body_bytes=config.max_body_bytes,
+    app.add_middleware(HttpEdge, api_key=config.resolved_api_key(),
+                       max_body_bytes=config.max_body_bytes,
                        metrics=metrics or IngressMetrics())
 
     @app.exception_handler(RaysightError)

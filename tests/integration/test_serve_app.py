@@ -335,3 +335,41 @@ def test_oversize_body_is_413(server):
                             headers={**AUTH, "Content-Type": "application/json"})
     assert chunked.status_code == 413
     assert chunked.json()["error"]["code"] == "request_too_large"
+
+
+def read_metrics(port: int) -> list[tuple[str, float]]:
+    """raysight's samples in Ray's Prometheus export, as (name{labels}, value)."""
+    import requests
+
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return [(line.rsplit(" ", 1)[0], float(line.rsplit(" ", 1)[1]))
+            for line in text.splitlines() if line.startswith("ray_raysight_")]
+
+
+def total(samples, name: str, *labels: str) -> float:
+    return sum(value for key, value in samples
+               if key.startswith(name + "{") and all(label in key for label in labels))
+
+
+def test_metrics_reach_prometheus(server):
+    """Runs last: the earlier tests' requests and batches show up in Ray's Prometheus export.
+    It reports every ~10 s and has no signal to wait on, so poll."""
+    import ray
+
+    port = ray._private.worker.global_worker.node.metrics_export_port
+
+    def complete(samples) -> bool:
+        return (total(samples, "ray_raysight_requests_total", 'route="/predict"', 'status="200"') >= 49
+                and total(samples, "ray_raysight_requests_total", 'status="503"') >= 1
+                and total(samples, "ray_raysight_request_latency_s_count", 'route="/predict"') >= 49
+                and total(samples, "ray_raysight_batch_size_count", 'model="shapes-vlm"') >= 1
+                and total(samples, "ray_raysight_queue_wait_s_count", 'model="shapes-vlm"') >= 49)
+
+    deadline = time.monotonic() + 60
+    while not complete(samples := read_metrics(port)) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert complete(samples), sorted({key.split("{")[0] for key, _ in samples})
+    # Some shapes-vlm batches held more than one request (the concurrency test's).
+    batches = total(samples, "ray_raysight_batch_size_count", 'model="shapes-vlm"')
+    single = total(samples, "ray_raysight_batch_size_bucket", 'model="shapes-vlm"', 'le="1.0"')
+    assert single < batches
