@@ -64,7 +64,9 @@ def head_cluster():
     ))
     command = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus=2", "--num-gpus=0",
                "--temp-dir", temp_dir, "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-               "--disable-usage-stats"]
+               "--disable-usage-stats",
+               # Workers on ports the OS picks, not the default range the session's Ray uses.
+               "--min-worker-port=0", "--max-worker-port=0"]
     command += [f"{flag}={port}" for flag, port in flags.items()]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}",
            # No Serve replicas to drain: stop at once when told to.
