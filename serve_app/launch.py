@@ -8,6 +8,7 @@ case, ``start_serving`` for callers (tests, notebooks) that keep control.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -19,6 +20,8 @@ from raysight.spec import ModelSpec
 from serve_app.config import IndexConfig, ServeConfig
 
 API_KEY_ENV = "RAYSIGHT_API_KEY"
+
+logger = logging.getLogger(__name__)
 
 
 def start_serving(config: ServeConfig, **build_options) -> str:
@@ -36,8 +39,20 @@ def start_serving(config: ServeConfig, **build_options) -> str:
     # serve.run returns when every replica has loaded its model and passed its health check.
     serve.run(build_app(config, **build_options), name=config.app_name, route_prefix="/",
               logging_config=LOGGING_CONFIG)
-    host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
-    return f"http://{host}:{config.port}"
+    host, port = _proxy_address(config)
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+
+
+def _proxy_address(config: ServeConfig) -> tuple[str, int]:
+    """Where Serve's HTTP proxy listens: config.host/port, unless Serve was already running
+    in this cluster with other HTTP options (they cannot change while it runs)."""
+    from ray.serve.context import _get_global_client
+
+    http = _get_global_client().http_config
+    if (http.host, http.port) != (config.host, config.port):
+        logger.warning("Serve was already running on %s:%s; the app is served there, not on "
+                       "%s:%s", http.host, http.port, config.host, config.port)
+    return http.host, http.port
 
 
 def serve_config(config: ServeConfig, ray_address: str | None = "local") -> None:

@@ -200,6 +200,14 @@ def test_unsupported_options_and_wrong_models_are_refused(client, server, shapes
     assert response.status_code == 400 and "messages" in response.json()["error"]["message"]
 
 
+def test_too_many_images_is_400(server, shapes):
+    parts = [{"type": "image_url", "image_url": {"url": data_url(image)}} for image, _ in shapes[:5]]
+    body = {"model": "shapes-vlm", "messages": [{"role": "user", "content": parts}]}
+    response = post(server, "/v1/chat/completions", body)
+    assert response.status_code == 400
+    assert "5 images; the limit is 4" in response.json()["error"]["message"]
+
+
 # --- /predict --------------------------------------------------------------------------------------
 
 
