@@ -3,11 +3,15 @@
 Why not ``@serve.batch``: in Ray 2.60 it closes a batch ``batch_wait_timeout_s`` after the
 batch's first request and queues the closed batch behind the one running. Requests that
 arrive during a forward are therefore cut into small batches on a timer instead of being
-merged into the next one: with 32 concurrent clients and a forward of tens of ms, its mean
-batch was ~3 while 25-31 requests sat waiting, and raising ``max_concurrent_batches`` only
-runs those small batches side by side on the same cores. This batcher forms a batch when the
-model becomes free, from everything queued by then, so under load every batch is as large as
-the queue allows (see ``tests/integration/test_serve_app.py`` and the report in the README).
+merged into the next one, and raising ``max_concurrent_batches`` only runs those small
+batches side by side on the same cores. This batcher forms a batch when the model becomes
+free, from everything queued by then, so under load every batch is as full as the queue.
+
+Measured with ``python -m serve_app.benchmark`` (random ViT-B/32-shaped CLIP, image
+embeddings, 32 closed-loop clients in another process, 2 shared cores, max_batch_size 16):
+this batcher ran batches of 16 (mean 15.9) at 11.6 req/s, ``@serve.batch`` batches of mean
+1.4 at 8.5 req/s, and max_batch_size=1 gave 8.0 req/s; on a quiet moment of the same machine
+20.9 req/s against 13.5 for ``@serve.batch`` (mean batch 2.0).
 
 The model runs on one dedicated thread, so the replica's event loop keeps accepting,
 preprocessing and answering requests while a batch runs.

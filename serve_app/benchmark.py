@@ -167,10 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--only", choices=["drain", "drain1", "serve.batch"], action="append",
                         help="run only these variants (default: all three)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the variants this many times, alternating their order")
     parser.add_argument("--client", help=argparse.SUPPRESS)  # internal: run the load generator
     args = parser.parse_args(argv)
     variants = {"drain": ("drain", 16), "drain1": ("drain", 1), "serve.batch": ("serve.batch", 16)}
-    args.variants = [variants[name] for name in (args.only or variants)]
+    chosen = [variants[name] for name in (args.only or variants)]
+    # ABC CBA ...: a load that drifts during the run (other jobs on the machine) hits all alike.
+    args.variants = [v for r in range(args.rounds) for v in (chosen if r % 2 == 0 else chosen[::-1])]
     if args.client:
         print(json.dumps(asyncio.run(_drive(args.client, args.clients, args.seconds, args.image_size))))
         return 0

@@ -30,7 +30,8 @@ def test_models_are_written_flat_with_a_deployment_block():
     vlm, clip = config.models
     assert (vlm.name, vlm.spec.max_batch_size, vlm.deployment.num_gpus) == ("shapes-vlm", 16, 0.5)
     assert vlm.max_ongoing_requests == 32  # room for a full batch forming while one runs
-    assert vlm.deployment.ray_actor_options() == {"num_cpus": 1.0, "num_gpus": 0.5}
+    assert vlm.deployment.ray_actor_options() == {
+        "num_cpus": 1.0, "num_gpus": 0.5, "runtime_env": {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}}
     assert clip.name == "clip" and config.host == "127.0.0.1"
     assert config.max_body_bytes == 20 * 1024 * 1024
 
