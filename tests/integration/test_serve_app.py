@@ -180,6 +180,21 @@ def test_openai_client_streams_the_same_answer(client, shapes):
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
 
 
+def test_a_dropped_stream_does_not_hurt_the_model(server, shapes):
+    import requests
+
+    body = chat_body(shapes[0][0], question="hello", model="tiny-qwen", max_tokens=48, stream=True)
+    with requests.post(server + "/v1/chat/completions", json=body, headers=AUTH, stream=True,
+                       timeout=60) as response:
+        assert response.status_code == 200
+        first = next(line for line in response.iter_lines() if line)
+        assert first.startswith(b"data: ")
+    # Closed after one event. The model finishes or drops that request and serves the next.
+    again = post(server, "/v1/chat/completions", {**body, "stream": False, "max_tokens": 4})
+    assert again.status_code == 200
+    assert again.json()["usage"]["completion_tokens"] == 4
+
+
 def test_refused_stream_is_a_plain_400(server):
     response = post(server, "/v1/chat/completions", chat_body("data:image/png;base64,AAAA", stream=True))
     assert response.status_code == 400
