@@ -168,6 +168,8 @@ class Gateway:
         except Exception as exc:  # noqa: BLE001 - the status is sent; report in-stream
             logger.exception("a streamed completion failed")
             yield writer.error(error_body(exc))
+        finally:
+            await stream.aclose()  # also when the client went away mid-stream
         yield writer.done()
 
     async def predict(self, body: PredictRequest) -> Reply:
