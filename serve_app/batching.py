@@ -8,10 +8,10 @@ batches side by side on the same cores. This batcher forms a batch when the mode
 free, from everything queued by then, so under load every batch is as full as the queue.
 
 Measured with ``python -m serve_app.benchmark`` (random ViT-B/32-shaped CLIP, image
-embeddings, 32 closed-loop clients in another process, 2 shared cores, max_batch_size 16):
-this batcher ran batches of 16 (mean 15.9) at 11.6 req/s, ``@serve.batch`` batches of mean
-1.4 at 8.5 req/s, and max_batch_size=1 gave 8.0 req/s; on a quiet moment of the same machine
-20.9 req/s against 13.5 for ``@serve.batch`` (mean batch 2.0).
+embeddings, 32 closed-loop clients in another process, 2 cores shared with a training job,
+max_batch_size 16): this batcher ran batches of 16 (mean 15.9) at 12.5 req/s, 87% of the
+engine alone on full batches (14.4 img/s); ``@serve.batch`` formed batches of mean 1.6 and
+served 8.3 req/s; max_batch_size=1 served 7.8 req/s.
 
 The model runs on one dedicated thread, so the replica's event loop keeps accepting,
 preprocessing and answering requests while a batch runs.

@@ -17,6 +17,7 @@ import asyncio
 import base64
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -179,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(asyncio.run(_drive(args.client, args.clients, args.seconds, args.image_size))))
         return 0
 
+    # The replicas run with OMP_WAIT_POLICY=PASSIVE (DeploymentOptions.env_vars); measure the
+    # engine alone the same way. It must be set before torch is first imported.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import ray
 
     model = args.model

@@ -3,8 +3,8 @@
 Ingress: requests and latency by route and status. Model replicas: batch sizes and the time
 requests wait in the queue for a batch. Prometheus sees them with Ray's prefix:
 ``ray_raysight_requests_total``, ``ray_raysight_request_latency_s``, ``ray_raysight_batch_size``,
-``ray_raysight_queue_wait_s``, ``ray_raysight_model_items_total``. Outside a Ray worker (unit tests, local clients)
-every metric is a no-op, so the serving code never checks.
+``ray_raysight_queue_wait_s``, ``ray_raysight_model_items_total``. Outside a Ray worker (unit
+tests, local clients) every metric is a no-op, so the serving code never checks.
 """
 
 from __future__ import annotations

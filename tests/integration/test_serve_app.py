@@ -42,8 +42,8 @@ def free_port() -> int:
 
 
 def chat_body(image, question: str = COLOR_QUESTION, model: str = "shapes-vlm", **extra) -> dict:
-    content = [{"type": "image_url", "image_url": {"url": image if isinstance(image, str) else data_url(image)}},
-               {"type": "text", "text": question}]
+    url = image if isinstance(image, str) else data_url(image)
+    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": question}]
     return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
 
 
@@ -126,7 +126,7 @@ def test_health_routes_are_open_and_everything_else_needs_the_key(server):
     assert requests.get(server + "/healthz", timeout=10).json() == {"status": "ok"}
     ready = requests.get(server + "/readyz", timeout=10)
     assert ready.status_code == 200
-    assert ready.json()["models"] == {"shapes-vlm": "ready", "shapes-clip": "ready", "tiny-qwen": "ready"}
+    assert ready.json()["models"] == dict.fromkeys(["shapes-vlm", "shapes-clip", "tiny-qwen"], "ready")
 
     missing = requests.get(server + "/v1/models", timeout=10)
     wrong = requests.get(server + "/v1/models", headers={"Authorization": "Bearer nope"}, timeout=10)
@@ -167,7 +167,8 @@ def test_openai_client_chat_with_base64_image_answers_the_colour(client, shapes)
 
 def test_openai_client_streams_the_same_answer(client, shapes):
     image, label = shapes[4]
-    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(image)}}]}]
+    part = {"type": "image_url", "image_url": {"url": data_url(image)}}
+    messages = [{"role": "user", "content": [part]}]
     whole = client.chat.completions.create(model="shapes-vlm", messages=messages)
     stream = client.chat.completions.create(
         model="shapes-vlm", messages=messages, stream=True, stream_options={"include_usage": True})
@@ -234,7 +235,8 @@ def test_predict_contract(server, shapes):
         refused = post(server, "/predict", body)
         assert refused.status_code == 400
         assert set(refused.json()) == {"error"} and "missing" in refused.json()["error"]
-    not_json = post(server, "/predict", data=b"prompt=hi", headers={**AUTH, "Content-Type": "text/plain"})
+    not_json = post(server, "/predict", data=b"prompt=hi",
+                    headers={**AUTH, "Content-Type": "text/plain"})
     assert not_json.status_code == 400 and "JSON" in not_json.json()["error"]
 
 

@@ -58,7 +58,8 @@ def test_the_example_serve_config_is_valid():
     [application] = data["applications"]
     assert application["import_path"] == "serve_app.app:app_builder"
     config = ServeConfig.from_mapping(application["args"])
-    assert [served.spec.model for served in config.models] == ["builtin:shapes-vlm", "builtin:shapes-clip"]
+    models = [served.spec.model for served in config.models]
+    assert models == ["builtin:shapes-vlm", "builtin:shapes-clip"]
 
 
 def test_serve_command_flags_build_the_config(tmp_path):
