@@ -183,14 +183,19 @@ def main(argv: list[str] | None = None) -> int:
     # The replicas run with OMP_WAIT_POLICY=PASSIVE (DeploymentOptions.env_vars); measure the
     # engine alone the same way. It must be set before torch is first imported.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    with tempfile.TemporaryDirectory(prefix="bench-clip-") as scratch:
+        model = args.model
+        if model is None:
+            from raysight.random_models import RandomModelSize, build_random_model
+
+            model = str(build_random_model("clip", scratch, RandomModelSize(**VIT_B32_LIKE)))
+        _run_all(model, args)
+    return 0
+
+
+def _run_all(model: str, args) -> None:
     import ray
 
-    model = args.model
-    if model is None:
-        from raysight.random_models import RandomModelSize, build_random_model
-
-        model = str(build_random_model("clip", tempfile.mkdtemp(prefix="bench-clip-"),
-                                       RandomModelSize(**VIT_B32_LIKE)))
     ceiling = _ceiling(model, 16, args.image_size, min(args.seconds, 10))
     print(f"in-process ceiling (engine alone, batches of 16): {ceiling:.1f} img/s", flush=True)
     ray.init(address="local", log_to_driver=False, include_dashboard=False)
@@ -206,7 +211,6 @@ def main(argv: list[str] | None = None) -> int:
 
         serve.shutdown()
         ray.shutdown()
-    return 0
 
 
 if __name__ == "__main__":
