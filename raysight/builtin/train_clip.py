@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from raysight.builtin.train import TrainSettings, fit, make_pool, save
+from raysight.builtin.train import HELD_OUT_OFFSET, ShapePool, TrainSettings, fit, save
 
 SETTINGS = TrainSettings(steps=3500, lr=3e-3, warmup_steps=100)
 IMAGE_SIZE = 32
@@ -64,23 +64,23 @@ def train(out: Path, settings: TrainSettings) -> dict[str, float]:
     import torch
     import torch.nn.functional as F
 
-    from raysight.builtin.train import HELD_OUT_OFFSET
     from raysight.shapes import ALL_CAPTIONS
 
     torch.manual_seed(settings.seed)
     processor = build_processor()
     model = build_model(processor.tokenizer)
     print(f"shapes-clip: {sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
-    pool = make_pool(processor.image_processor, settings.pool_size, settings.seed)
-    held_out = make_pool(
+    pool = ShapePool(processor.image_processor, settings.pool_size, settings.seed)
+    held_out = ShapePool(
         processor.image_processor, settings.held_out_size, settings.seed + HELD_OUT_OFFSET
     )
     captions = processor.tokenizer(list(ALL_CAPTIONS), padding=True, return_tensors="pt")
     max_scale = math.log(100.0)  # CLIP's cap on the softmax temperature
+    symmetries = torch.Generator().manual_seed(settings.seed + 2)
 
     def batch_loss(batch):
         labels = pool.caption_index[batch]
-        images = _embed_images(model, pool.pixel_values[batch])
+        images = _embed_images(model, pool.augmented(batch, symmetries))
         # Only 12 distinct captions exist: embed them once and gather one per image.
         texts = _embed_captions(model, captions)[labels]
         logits = model.logit_scale.clamp(max=max_scale).exp() * images @ texts.T
@@ -97,7 +97,7 @@ def train(out: Path, settings: TrainSettings) -> dict[str, float]:
         retrieval = (truth[similarity.argmax(dim=0)] == torch.arange(len(ALL_CAPTIONS))).float()
         return {"accuracy": zero_shot, "retrieval@1": retrieval.mean().item()}
 
-    scores = fit(model, settings, batch_loss, evaluate)
+    scores = fit(model, pool, settings, batch_loss, evaluate)
     with torch.no_grad():
         model.logit_scale.clamp_(max=max_scale)
     save(model, processor, out, settings, scores)
