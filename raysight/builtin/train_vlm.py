@@ -127,6 +127,7 @@ def train(out: Path, settings: TrainSettings) -> dict[str, float]:
     model = build_model(processor.tokenizer)
     print(f"shapes-vlm: {sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
     pool = ShapePool(processor.image_processor, settings.pool_size, settings.seed)
+    # Half the images: each is asked four things, by a slow generate loop.
     held_out = make_shapes(settings.held_out_size // 2, settings.seed + HELD_OUT_OFFSET)
     input_ids, attention_mask, targets = training_rows(processor.tokenizer)
     n_tasks = input_ids.shape[0]
