@@ -89,23 +89,34 @@ def run_embed(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_serve(args: argparse.Namespace) -> int:
+def run_serve(argv: list[str]) -> int:
     from serve_app.launch import serve_command
 
-    return serve_command(args.rest)
+    return serve_command(argv)
 
 
-def run_job(args: argparse.Namespace) -> int:
+JOBS = ("caption", "embed", "classify", "index")
+
+
+def run_job(argv: list[str]) -> int:
     import importlib
 
-    module = importlib.import_module(f"batch_jobs.{args.job}")
-    return module.main(args.rest) or 0
+    if not argv or argv[0] not in JOBS:
+        print(f"usage: raysight job {{{','.join(JOBS)}}} [flags of that job; --help lists them]",
+              file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"batch_jobs.{argv[0]}")
+    return module.main(argv[1:]) or 0
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def run_demo(argv: list[str]) -> int:
     from raysight.demo import main as demo_main
 
-    return demo_main(args.rest)
+    return demo_main(argv)
+
+
+# Subcommands that own their flags: the rest of the command line goes to them untouched.
+PASS_THROUGH = {"serve": run_serve, "job": run_job, "demo": run_demo}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,24 +136,21 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--text")
     embed.set_defaults(handler=run_embed)
 
-    for name, handler, text in (
-        ("serve", run_serve, "serve models over HTTP on Ray Serve (see `raysight serve --help`)"),
-        ("demo", run_demo, "run the end-to-end tour on the built-in models"),
+    for name, text in (
+        ("serve", "serve models over HTTP on Ray Serve (see `raysight serve --help`)"),
+        ("job", "run an offline job: caption, embed, classify or index"),
+        ("demo", "run the end-to-end tour on the built-in models"),
     ):
-        sub = commands.add_parser(name, help=text, add_help=False)
-        sub.add_argument("rest", nargs=argparse.REMAINDER)
-        sub.set_defaults(handler=handler)
-
-    job = commands.add_parser("job", help="run an offline job (caption, embed, classify, index)")
-    job.add_argument("job", choices=["caption", "embed", "classify", "index"])
-    job.add_argument("rest", nargs=argparse.REMAINDER)
-    job.set_defaults(handler=run_job)
+        commands.add_parser(name, help=text, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        if argv and argv[0] in PASS_THROUGH:
+            return PASS_THROUGH[argv[0]](argv[1:])
+        args = build_parser().parse_args(argv)
         return args.handler(args)
     except RaysightError as exc:
         print(f"raysight: error: {exc.message}", file=sys.stderr)
