@@ -1,5 +1,7 @@
 """Image input: bytes, base64, data URLs, local paths and http(s) URLs in, RGB images out.
 
+Fetching http(s) URLs safely lives in ``raysight.image_urls``.
+
 Every image raysight accepts, online or offline, comes through here, so the limits in
 ``ImageInputPolicy`` hold everywhere. A refused image raises a typed ``ImageError`` whose
 message says what was wrong, the limit, and the setting (``images.<field>``) that governs it.
@@ -11,31 +13,24 @@ import base64
 import binascii
 import hashlib
 import io
-import ipaddress
 import os
 import re
-import socket
 import stat
-import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
-from raysight.errors import (CorruptImage, EmptyImage, ImageError, ImageFetchFailed,
-                             ImageTooLarge, InvalidBase64, InvalidDataURL, LocalPathRefused,
-                             NotAnImage, TooManyImages, URLRefused)
+from raysight.errors import (CorruptImage, EmptyImage, ImageError, ImageTooLarge, InvalidBase64,
+                             InvalidDataURL, LocalPathRefused, NotAnImage, TooManyImages,
+                             URLRefused)
 from raysight.spec import ImageInputPolicy
 
 if TYPE_CHECKING:
-    import httpx
     from PIL import Image
 
 # Formats decoded. Others PIL knows (EPS runs Ghostscript, PSD, ...) are refused on purpose.
 _ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
 _BASE64_FORBIDDEN = re.compile(r"[^A-Za-z0-9+/=_-]")
 _URL_SCHEME = re.compile(r"([a-z][a-z0-9+.-]*)://")
-_REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
-_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-_clock = time.monotonic  # tests replace it to run the fetch deadline without sleeping
 
 
 # --- bytes -------------------------------------------------------------------------------
@@ -45,7 +40,7 @@ def decode_image_bytes(data: bytes, policy: ImageInputPolicy) -> Image.Image:
     """Decode encoded image bytes into a fully loaded RGB image within the policy's limits."""
     if not data:
         raise EmptyImage("the image data is empty (0 bytes)")
-    _check_byte_count(len(data), policy, "the image")
+    check_byte_count(len(data), policy, "the image")
     image = _open_header(bytes(data))
     _check_pixel_count(image.size, policy)
     if policy.resize_max_side and image.format in ("JPEG", "MPO"):
@@ -125,7 +120,7 @@ def _downscale(image: Image.Image, max_side: int | None) -> Image.Image:
     return image.resize(size, Image.Resampling.BICUBIC)
 
 
-def _check_byte_count(count: int, policy: ImageInputPolicy, what: str) -> None:
+def check_byte_count(count: int, policy: ImageInputPolicy, what: str) -> None:
     if count > policy.max_image_bytes:
         raise ImageTooLarge(f"{what} is {count:,} bytes; the limit is "
                             f"{policy.max_image_bytes:,} bytes (images.max_image_bytes)")
@@ -138,7 +133,7 @@ def _check_pixel_count(size: tuple[int, int], policy: ImageInputPolicy) -> None:
                             f"is {policy.max_image_pixels:,} pixels (images.max_image_pixels)")
 
 
-def _decode_from(label: str, data: bytes, policy: ImageInputPolicy) -> Image.Image:
+def decode_from(label: str, data: bytes, policy: ImageInputPolicy) -> Image.Image:
     """Decode bytes read from a path or URL, naming that source in any error."""
     try:
         return decode_image_bytes(data, policy)
@@ -156,7 +151,7 @@ def decode_base64_image(text: str, policy: ImageInputPolicy) -> Image.Image:
     if not clean:
         raise EmptyImage("the image string is empty; send the image file's bytes base64-encoded")
     body = clean.rstrip("=")
-    _check_byte_count(len(body) * 3 // 4, policy, "the decoded base64 image")
+    check_byte_count(len(body) * 3 // 4, policy, "the decoded base64 image")
     return decode_image_bytes(_decode_base64(clean), policy)
 
 
@@ -241,15 +236,15 @@ def read_image_path(path: str, policy: ImageInputPolicy) -> Image.Image:
         info = os.stat(target)
         if not stat.S_ISREG(info.st_mode):
             raise ImageError(f"image path {path} is not a regular file")
-        _check_byte_count(info.st_size, policy, f"image file {path}")
+        check_byte_count(info.st_size, policy, f"image file {path}")
         with open(target, "rb") as handle:
             data = handle.read(policy.max_image_bytes + 1)
     except FileNotFoundError:
         raise ImageError(f"image file not found: {path}") from None
     except OSError as exc:
         raise ImageError(f"cannot read image file {path}: {exc.strerror or exc}") from None
-    _check_byte_count(len(data), policy, f"image file {path}")  # it may grow after stat
-    return _decode_from(f"image file {path}", data, policy)
+    check_byte_count(len(data), policy, f"image file {path}")  # it may grow after stat
+    return decode_from(f"image file {path}", data, policy)
 
 
 def _path_from_file_url(path: str) -> str:
@@ -260,133 +255,6 @@ def _path_from_file_url(path: str) -> str:
         raise LocalPathRefused(f"{path!r} names host {parts.netloc!r}; file URLs may only "
                                "name local files (file:///path/to/image.png)")
     return unquote(parts.path)
-
-
-# --- http(s) URLs --------------------------------------------------------------------------
-
-
-def fetch_image_url(
-    url: str, policy: ImageInputPolicy, *, transport: httpx.BaseTransport | None = None
-) -> Image.Image:
-    """Fetch and decode an http(s) image URL that points to a public, allowed host.
-
-    ``transport`` lets tests answer requests without a network.
-    """
-    if not policy.allow_urls:
-        raise URLRefused(f"image URLs are turned off, so {_short(url)} was not fetched; set "
-                         "images.allow_urls: true (and images.url_allowlist to limit domains)")
-    import httpx
-
-    limit = policy.url_timeout_s
-    deadline = _clock() + limit
-    timed_out = f"fetching {_short(url)} took longer than {limit}s (images.url_timeout_s)"
-    current = url
-    # trust_env=False: a proxy from the environment would bypass the address checks.
-    with httpx.Client(transport=transport, timeout=limit, trust_env=False) as client:
-        for _ in range(policy.url_max_redirects + 1):
-            # Connect to the checked address, not the name: a DNS answer that changes between
-            # check and connect (rebinding) cannot redirect the request to a private host.
-            pinned_url, host_header, hostname = _check_url_target(current, policy)
-            headers = {"Host": host_header, "User-Agent": "raysight", "Accept": "image/*"}
-            tls_name = {"sni_hostname": hostname} if pinned_url.startswith("https") else {}
-            try:
-                with client.stream("GET", pinned_url, headers=headers, extensions=tls_name,
-                                   follow_redirects=False) as response:
-                    location = response.headers.get("location")
-                    if response.status_code in _REDIRECT_CODES and location:
-                        current = urljoin(current, location)
-                        continue
-                    if not response.is_success:
-                        raise ImageFetchFailed(f"fetching {_short(current)} returned HTTP "
-                                               f"{response.status_code} {response.reason_phrase}")
-                    data = _read_capped(response, policy, deadline, current, timed_out)
-            except httpx.TimeoutException:
-                raise ImageFetchFailed(timed_out) from None
-            except httpx.HTTPError as exc:
-                raise ImageFetchFailed(f"could not fetch {_short(current)}: {exc}") from None
-            return _decode_from(f"image from {_short(current)}", data, policy)
-    raise ImageFetchFailed(f"{_short(url)} redirected more than {policy.url_max_redirects} "
-                           "times (images.url_max_redirects)")
-
-
-def _read_capped(
-    response: httpx.Response, policy: ImageInputPolicy, deadline: float, url: str, timed_out: str
-) -> bytes:
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit():
-        _check_byte_count(int(declared), policy, f"the image at {_short(url)}")
-    chunks: list[bytes] = []
-    received = 0
-    for chunk in response.iter_bytes():
-        received += len(chunk)
-        if received > policy.max_image_bytes:
-            raise ImageTooLarge(f"the image at {_short(url)} is over {policy.max_image_bytes:,} "
-                                "bytes, the limit (images.max_image_bytes); stopped reading it")
-        if _clock() > deadline:
-            raise ImageFetchFailed(timed_out)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _check_url_target(url: str, policy: ImageInputPolicy) -> tuple[str, str, str]:
-    """Check a URL (or a redirect target): scheme, allowlist, every resolved address.
-
-    Returns the URL pinned to the checked IP address, the Host header and the host name.
-    """
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        raise URLRefused(f"only http and https image URLs are fetched; {_short(url)} has "
-                         f"scheme {scheme!r}")
-    hostname = (parts.hostname or "").rstrip(".")
-    if not hostname or "@" in parts.netloc:
-        raise URLRefused(f"the image URL {_short(url)} has no host, or has user credentials "
-                         "(user@host), which image URLs may not carry")
-    try:
-        port = parts.port
-    except ValueError:
-        raise URLRefused(f"the image URL {_short(url)} has an invalid port") from None
-    if policy.url_allowlist and not _host_allowed(hostname, policy.url_allowlist):
-        raise URLRefused(f"host {hostname!r} is not in images.url_allowlist ("
-                         f"{', '.join(policy.url_allowlist)}); add its domain there to allow it")
-    address = _resolve_public(hostname, port or (443 if scheme == "https" else 80), url)
-    netloc = (f"[{address}]" if address.version == 6 else str(address)) + (f":{port}" if port else "")
-    return urlunsplit((scheme, netloc, parts.path or "/", parts.query, "")), parts.netloc, hostname
-
-
-def _host_allowed(hostname: str, allowlist: tuple[str, ...]) -> bool:
-    """A listed domain allows itself and its subdomains ("example.com" not "badexample.com")."""
-    domains = [domain.strip().strip(".").lower() for domain in allowlist]
-    return any(hostname == d or hostname.endswith("." + d) for d in domains if d)
-
-
-def _resolve_public(hostname: str, port: int, url: str) -> _Address:
-    """Resolve a host; refuse it if ANY address is not public. Returns the one to connect to."""
-    try:
-        infos = socket.getaddrinfo(hostname, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as exc:
-        raise ImageFetchFailed(f"cannot resolve the host of {_short(url)}: {exc}") from None
-    addresses = []
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-        if not _is_public(address):
-            raise URLRefused(f"{_short(url)} resolves to {address}, a private, loopback, "
-                             "link-local or otherwise non-public address; image URLs must point "
-                             "to public hosts (this is always refused)")
-        addresses.append(address)
-    return min(addresses, key=lambda address: address.version)  # IPv4 first: reachable more often
-
-
-def _is_public(address: _Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_global and not (address.is_private or address.is_loopback
-                                      or address.is_link_local or address.is_multicast
-                                      or address.is_reserved or address.is_unspecified)
-
-
-def _short(url: str, limit: int = 120) -> str:
-    return url if len(url) <= limit else url[:limit] + "..."
 
 
 # --- dispatch and helpers ------------------------------------------------------------------
@@ -401,6 +269,8 @@ def load_image_reference(ref: str, policy: ImageInputPolicy) -> Image.Image:
     if head.startswith("data:"):
         return decode_data_url(ref, policy)
     if head.startswith(("http://", "https://")):
+        from raysight.image_urls import fetch_image_url
+
         return fetch_image_url(ref.strip(), policy)
     if head.startswith("file://"):
         return read_image_path(ref.strip(), policy)

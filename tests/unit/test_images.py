@@ -19,7 +19,7 @@ import httpx
 import pytest
 from PIL import Image, ImageFile
 
-from raysight import images
+from raysight import image_urls
 from raysight.errors import (
     CorruptImage,
     EmptyImage,
@@ -33,12 +33,12 @@ from raysight.errors import (
     TooManyImages,
     URLRefused,
 )
+from raysight.image_urls import fetch_image_url
 from raysight.images import (
     check_image_count,
     decode_base64_image,
     decode_data_url,
     decode_image_bytes,
-    fetch_image_url,
     image_digest,
     load_image,
     load_image_reference,
@@ -385,13 +385,13 @@ def test_redirect_target_is_checked_again(dns):
 def test_check_url_target_refuses_a_redirect_to_a_private_name(dns):
     dns["internal.example.com"] = ["172.16.4.2"]
     with pytest.raises(URLRefused, match="172.16.4.2"):
-        images._check_url_target("https://internal.example.com/x", url_policy())
+        image_urls._check_url_target("https://internal.example.com/x", url_policy())
 
 
 def test_url_with_user_credentials_is_refused(dns):
     dns["images.example.com"] = [PUBLIC_IP]
     with pytest.raises(URLRefused, match=r"user credentials \(user@host\)"):
-        images._check_url_target("http://user@169.254.169.254@images.example.com/", url_policy())
+        image_urls._check_url_target("http://user@169.254.169.254@images.example.com/", url_policy())
 
 
 def test_too_many_redirects(dns):
@@ -424,7 +424,7 @@ def test_timeout_is_reported_with_the_setting(dns):
 def test_slow_drip_body_hits_the_overall_deadline(dns, monkeypatch):
     dns["slow.example.com"] = [PUBLIC_IP]
     ticks = iter(range(0, 1000, 4))
-    monkeypatch.setattr(images, "_clock", lambda: next(ticks))
+    monkeypatch.setattr(image_urls, "_clock", lambda: next(ticks))
     body = httpx.Response(200, content=(b"x" * 10 for _ in range(100)))
     with pytest.raises(ImageFetchFailed, match="url_timeout_s"):
         fetch_image_url("https://slow.example.com/cat.png", url_policy(url_timeout_s=10),
