@@ -123,6 +123,34 @@ class ModelSpec(_Frozen):
     images: ImageInputPolicy = Field(
         default_factory=ImageInputPolicy, description="Image sources and size limits."
     )
+    preprocess_cache_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=0,
+        description="Bytes of processed images (the image processor's tensors) kept per "
+        "process, keyed by the image's pixels and the processor's settings, least recently "
+        "used evicted first. A repeated image skips resizing and normalising. 0 turns it off.",
+    )
+    vision_cache_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=0,
+        description="Bytes of vision-encoder outputs (generate: image features, for Qwen2-VL, "
+        "Qwen2.5-VL and LLaVA; embed: image vectors) kept per model replica or actor, on the "
+        "model's device, keyed by the image's pixels, least recently used evicted first. A "
+        "repeated image (a chat resending it, a dataset with duplicates) skips the encoder. "
+        "0 turns it off.",
+    )
+    response_cache: bool = Field(
+        False,
+        description="Answer a repeated deterministic request (greedy decoding, same model, same "
+        "images, prompt and token limits) from a cache instead of generating again. Sampled "
+        "requests (temperature > 0) are never cached.",
+    )
+    response_cache_bytes: int = Field(
+        16 * 1024 * 1024,
+        gt=0,
+        description="Bytes of answers the response cache keeps (when response_cache is on), "
+        "least recently used evicted first.",
+    )
 
     @field_validator("device")
     @classmethod

@@ -7,10 +7,12 @@ at its own limit and its own end-of-sequence token.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
+from raysight.caching import EngineCaches, digest, image_key, install_preprocess_cache
 from raysight.chat import count_images, prompt_messages, split_messages
 from raysight.engines.base import Engine
 from raysight.errors import InvalidRequest, RaysightError
@@ -57,6 +59,8 @@ class PreparedChat:
     top_p: float
     on_text: Callable[[str], None] | None = None
     group: Hashable = field(default=None)
+    # Set when the response cache may answer this chat (greedy, cache on): the cache's key.
+    response_key: str | None = None
 
 
 @dataclass
@@ -89,6 +93,21 @@ class GenerateEngine(Engine):
             self.eos_ids.add(sep)
         pad = config.pad_token_id if config.pad_token_id is not None else tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else next(iter(self.eos_ids))
+        self.caches = EngineCaches(self.spec)
+        install_preprocess_cache(self.processor, self.caches.preprocess)
+        self.image_features = self._image_feature_cache()
+
+    def _image_feature_cache(self):
+        from raysight.engines.vision import ImageFeatureCache, accepts_encoder_outputs
+
+        if self.caches.vision is None or not accepts_encoder_outputs(self.model):
+            self.caches.vision = None  # BLIP and others encode their pixels inside generate
+            return None
+        return ImageFeatureCache(self.model, self.family, self.caches.vision, self.device, self.dtype)
+
+    def cache_stats(self):
+        """Hits, misses, evictions and bytes of each cache this engine has turned on."""
+        return self.caches.stats()
 
     # -- 1. preprocess (CPU, per item) ---------------------------------------------------
     def preprocess(self, request: GenerateRequest) -> PreparedChat:
@@ -113,6 +132,8 @@ class GenerateEngine(Engine):
             request.messages, lambda source: load_image(source, spec.images)
         )
         inputs = self.family.build_inputs(self.processor, messages, images)
+        if images and (spec.vision_cache_bytes or spec.response_cache):
+            inputs = dataclasses.replace(inputs, image_keys=tuple(map(image_key, images)))
         if inputs.prompt_tokens > spec.max_text_tokens:
             raise InvalidRequest(
                 f"the prompt is {inputs.prompt_tokens} tokens long; this model accepts at most "
@@ -124,6 +145,10 @@ class GenerateEngine(Engine):
             request.min_new_tokens,
             None if greedy else (temperature, top_p),
         )
+        response_key = None
+        if greedy and spec.response_cache:
+            response_key = digest([spec.model, spec.revision, inputs.tensors.get("input_ids"),
+                                   inputs.image_keys, max_new, request.min_new_tokens])
         return PreparedChat(
             inputs=inputs,
             max_new_tokens=max_new,
@@ -132,19 +157,45 @@ class GenerateEngine(Engine):
             top_p=top_p,
             on_text=request.on_text,
             group=group,
+            response_key=response_key,
         )
 
     # -- 2. infer (device, one batched call per compatible group) ------------------------
     def infer(self, batch: list[PreparedChat]) -> list[GeneratedTokens | RaysightError]:
         results: list[GeneratedTokens | RaysightError | None] = [None] * len(batch)
+        self._answer_from_cache(batch, results)
         groups: dict[Hashable, list[int]] = {}
         for index, item in enumerate(batch):
-            groups.setdefault(item.group, []).append(index)
+            if results[index] is None:
+                groups.setdefault(item.group, []).append(index)
         for indices in groups.values():
             for start in range(0, len(indices), self.spec.max_batch_size):
                 chunk = indices[start : start + self.spec.max_batch_size]
                 self._infer_group(batch, chunk, results)
+        self._remember_answers(batch, results)
         return results  # type: ignore[return-value]
+
+    def _answer_from_cache(self, batch: list[PreparedChat], results: list) -> None:
+        cache = self.caches.response
+        if cache is None:
+            return
+        for index, item in enumerate(batch):
+            if item.response_key is None:
+                continue
+            answer = cache.get(item.response_key)
+            if answer is not None:
+                results[index] = dataclasses.replace(answer, token_ids=list(answer.token_ids))
+                if item.on_text is not None and answer.token_ids:
+                    item.on_text(self.tokenizer.decode(answer.token_ids, skip_special_tokens=True))
+
+    def _remember_answers(self, batch: list[PreparedChat], results: list) -> None:
+        cache = self.caches.response
+        if cache is None:
+            return
+        for item, result in zip(batch, results):
+            if item.response_key is not None and isinstance(result, GeneratedTokens):
+                stored = dataclasses.replace(result, token_ids=list(result.token_ids))
+                cache.put(item.response_key, stored, 8 * len(stored.token_ids))
 
     def _infer_group(self, batch, chunk: list[int], results: list) -> None:
         items = [batch[i] for i in chunk]
@@ -165,12 +216,18 @@ class GenerateEngine(Engine):
     def _generate(self, items: list[PreparedChat]) -> list[GeneratedTokens]:
         import torch
 
-        batch = self.family.collate([item.inputs for item in items], self.pad_token_id)
-        batch = {
-            key: value.to(self.device, dtype=self.dtype) if value.is_floating_point()
-            else value.to(self.device)
-            for key, value in batch.items()
-        }
+        from raysight.engines.vision import on_device
+
+        inputs = [item.inputs for item in items]
+        batch = on_device(self.family.collate(inputs, self.pad_token_id), self.device, self.dtype)
+        encoded: dict[str, Any] = {}
+        if self.image_features is not None:
+            with torch.inference_mode():
+                outputs = self.image_features.encoder_outputs(inputs)
+            if outputs is not None:
+                encoded["mm_encoder_outputs"] = outputs
+                for key in self.family.encoder_only_keys:
+                    batch.pop(key, None)
         first = items[0]
         sampling: dict[str, Any] = {"do_sample": False}
         if first.temperature > 0:
@@ -182,6 +239,7 @@ class GenerateEngine(Engine):
                 max_new_tokens=max(item.max_new_tokens for item in items),
                 min_new_tokens=first.min_new_tokens or None,
                 streamer=streamer,
+                **encoded,
                 **self.family.generate_kwargs(self.pad_token_id),
                 **sampling,
             )

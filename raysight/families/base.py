@@ -18,10 +18,14 @@ _LEFT_PADDED = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_
 
 @dataclass(frozen=True)
 class ModelInputs:
-    """One item's model-ready tensors (batch dimension 1) and its prompt length in tokens."""
+    """One item's model-ready tensors (batch dimension 1) and its prompt length in tokens.
+
+    `image_keys` name the item's images by content, in prompt order (empty when no cache
+    needs them): the vision cache finds an image's encoder output under its key."""
 
     tensors: dict[str, Any]
     prompt_tokens: int
+    image_keys: tuple[str, ...] = ()
 
 
 class GenerativeFamily:
@@ -67,6 +71,30 @@ class GenerativeFamily:
     def generate_kwargs(self, pad_token_id: int) -> dict[str, Any]:
         """Extra keyword arguments for `model.generate`."""
         return {"pad_token_id": pad_token_id}
+
+    # -- vision-encoder reuse: see raysight.engines.vision ----------------------------------
+    # Keys only the vision encoder reads; generate gets the encoder's output instead.
+    encoder_only_keys: tuple[str, ...] = ("pixel_values",)
+
+    def split_images(self, tensors: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """One item's encoder inputs, one dict per image in prompt order; None when this
+        family cannot hand the model precomputed image features.
+
+        The default fits processors with one `pixel_values` row per image (LLaVA and other
+        fixed-size encoders); anything else (tiles, image sizes, videos) is not split."""
+        pixels = tensors.get("pixel_values")
+        if pixels is None or set(tensors) - set(_LEFT_PADDED) - {"pixel_values"}:
+            return None
+        return [{"pixel_values": pixels[row : row + 1]} for row in range(pixels.shape[0])]
+
+    def encode_images(self, model, images: list[dict[str, Any]]) -> list[Any]:
+        """The vision encoder's output for each image, in one batched call: what the model's
+        `get_image_features(...).pooler_output` holds per image."""
+        import torch
+
+        pixels = torch.cat([image["pixel_values"] for image in images], dim=0)
+        output = model.get_image_features(pixel_values=pixels, return_dict=True)
+        return list(output.pooler_output)
 
     def collate(self, items: list[ModelInputs], pad_token_id: int) -> dict[str, Any]:
         """Pad per-token tensors on the left; concatenate image tensors along dim 0."""

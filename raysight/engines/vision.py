@@ -1,0 +1,84 @@
+"""Vision-encoder reuse for the generate engine: each image is encoded once while its
+features stay in the vision cache.
+
+For a batch, every image is looked up by its content key; the misses are encoded in one
+batched call (as `generate` would encode them), and `generate` gets the features through
+transformers' `mm_encoder_outputs` instead of the pixels. The model still sees its input_ids,
+attention mask and (Qwen2-VL) image grids, so positions and masks are computed as usual.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any
+
+from raysight.caching import ByteLRU, tensor_bytes
+
+logger = logging.getLogger(__name__)
+
+
+def accepts_encoder_outputs(model) -> bool:
+    """Whether `model.forward` takes precomputed image features (`mm_encoder_outputs`)."""
+    forward = getattr(model, "forward", None)
+    if forward is None or not hasattr(model, "get_image_features"):
+        return False
+    return "mm_encoder_outputs" in inspect.signature(forward).parameters
+
+
+class ImageFeatureCache:
+    """Image features by content key, for the items of one generate call at a time."""
+
+    def __init__(self, model, family, cache: ByteLRU, device: str, dtype):
+        self.model = model
+        self.family = family
+        self.cache = cache
+        self.device = device
+        self.dtype = dtype
+
+    def encoder_outputs(self, items: list) -> dict[str, Any] | None:
+        """`mm_encoder_outputs` for these ModelInputs, in batch order, or None when an item's
+        images cannot be split per image (then generate encodes the pixels itself)."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        keys: list[str] = []
+        images: dict[str, dict[str, Any]] = {}
+        for item in items:
+            if "pixel_values" not in item.tensors:
+                continue
+            parts = self.family.split_images(item.tensors)
+            if parts is None or len(parts) != len(item.image_keys):
+                return None
+            for key, part in zip(item.image_keys, parts):
+                keys.append(key)
+                images.setdefault(key, part)
+        if not keys:
+            return None
+        features = self._features(keys, images)
+        return {"image": BaseModelOutputWithPooling(pooler_output=tuple(features[k] for k in keys))}
+
+    def _features(self, keys: list[str], images: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        features: dict[str, Any] = {}
+        for key in dict.fromkeys(keys):
+            hit = self.cache.get(key)
+            if hit is not None:
+                features[key] = hit
+        # An image repeated within the batch is encoded once: its repeats count as hits.
+        self.cache.record_hits(len(keys) - len(images))
+        missing = [key for key in images if key not in features]
+        if missing:
+            inputs = [on_device(images[key], self.device, self.dtype) for key in missing]
+            for key, feature in zip(missing, self.family.encode_images(self.model, inputs)):
+                # A copy with its own storage: a view would keep the whole batch's output alive.
+                feature = feature.clone()
+                self.cache.put(key, feature, tensor_bytes(feature))
+                features[key] = feature
+        return features
+
+
+def on_device(tensors: dict[str, Any], device: str, dtype) -> dict[str, Any]:
+    """Tensors moved to the model's device; floating ones also cast to its dtype."""
+    return {
+        key: value.to(device, dtype=dtype) if value.is_floating_point() else value.to(device)
+        for key, value in tensors.items()
+    }
