@@ -17,7 +17,7 @@ import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Hashable, Iterable
+from typing import Any, Callable, Hashable, Iterable
 
 PREPROCESS = "preprocess"
 VISION = "vision"
@@ -136,6 +136,27 @@ def digest(parts: Iterable[Any]) -> str:
         hasher.update(len(part).to_bytes(8, "little"))
         hasher.update(part)
     return hasher.hexdigest()
+
+
+def cached_batch(cache: ByteLRU, keys: list[Hashable], compute: Callable[[list], list]) -> list:
+    """Values for `keys` (in order, repeats allowed): cached ones reused, the others made by
+    one `compute(missing keys)` call and stored. A key repeated within the call is computed
+    once, so its repeats count as hits. Values are tensors."""
+    unique = list(dict.fromkeys(keys))
+    values: dict[Hashable, Any] = {}
+    for key in unique:
+        hit = cache.get(key)
+        if hit is not None:
+            values[key] = hit
+    cache.record_hits(len(keys) - len(unique))
+    missing = [key for key in unique if key not in values]
+    if missing:
+        for key, value in zip(missing, compute(missing)):
+            # A copy with its own storage: a view would keep the whole batch's output alive.
+            value = value.clone()
+            cache.put(key, value, tensor_bytes(value))
+            values[key] = value
+    return [values[key] for key in keys]
 
 
 class EngineCaches:

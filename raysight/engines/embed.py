@@ -7,6 +7,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from raysight.caching import EngineCaches, cached_batch, image_key, install_preprocess_cache
 from raysight.engines.base import Engine
 from raysight.errors import InvalidRequest, RaysightError
 
@@ -34,6 +35,7 @@ class PreparedEmbed:
     tensors: dict[str, Any]
     labels: tuple[str, ...] = ()
     tokens: int = 0
+    image_key: str | None = None  # the image's content key, when the vision cache is on
 
 
 @dataclass
@@ -61,6 +63,12 @@ class EmbedEngine(Engine):
         limit = getattr(self.model.config.text_config, "max_position_embeddings", 77)
         self.max_text_tokens = min(limit, self.spec.max_text_tokens)
         self._label_vectors: OrderedDict[str, Any] = OrderedDict()
+        self.caches = EngineCaches(self.spec)
+        install_preprocess_cache(self.processor, self.caches.preprocess)
+
+    def cache_stats(self):
+        """Hits, misses, evictions and bytes of each cache this engine has turned on."""
+        return self.caches.stats()
 
     # -- 1. preprocess -------------------------------------------------------------------
     def preprocess(self, request: EmbedRequest) -> PreparedEmbed:
@@ -75,13 +83,17 @@ class EmbedEngine(Engine):
                 raise InvalidRequest("classification needs an image and a non-empty list of labels")
             if not all(isinstance(label, str) and label.strip() for label in labels):
                 raise InvalidRequest("every label must be a non-empty string")
-            return PreparedEmbed("classify", self._image_tensors(load_image(request.image, self.spec.images)), labels)
+            return self._prepared_image("classify", load_image(request.image, self.spec.images), labels)
         if has_image:
-            return PreparedEmbed("image", self._image_tensors(load_image(request.image, self.spec.images)))
+            return self._prepared_image("image", load_image(request.image, self.spec.images))
         if not isinstance(request.text, str) or not request.text.strip():
             raise InvalidRequest("the text to embed must be a non-empty string")
         tensors = self._text_tensors([request.text])
         return PreparedEmbed("text", tensors, tokens=int(tensors["attention_mask"].sum()))
+
+    def _prepared_image(self, kind: str, image, labels: tuple[str, ...] = ()) -> PreparedEmbed:
+        key = image_key(image) if self.spec.vision_cache_bytes else None
+        return PreparedEmbed(kind, self._image_tensors(image), labels, image_key=key)
 
     def _image_tensors(self, image) -> dict[str, Any]:
         return {"pixel_values": self.processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]}
@@ -107,7 +119,7 @@ class EmbedEngine(Engine):
         with torch.inference_mode():
             image_rows = [i for i, item in enumerate(batch) if item.kind in ("image", "classify")]
             text_rows = [i for i, item in enumerate(batch) if item.kind == "text"]
-            image_vectors = self._image_vectors([batch[i].tensors for i in image_rows])
+            image_vectors = self._image_vectors([batch[i] for i in image_rows])
             text_vectors = self._text_vectors([batch[i].tensors for i in text_rows])
             for row, vector in zip(text_rows, text_vectors):
                 results[row] = Embedding(vector, tokens=batch[row].tokens)
@@ -119,7 +131,19 @@ class EmbedEngine(Engine):
                     results[row] = self._classify(vector, item.labels)
         return results
 
-    def _image_vectors(self, items: list[dict]):
+    def _image_vectors(self, items: list[PreparedEmbed]) -> list[Any]:
+        """One vector per image item; the vision cache's vectors reused where it has them."""
+        cache = self.caches.vision
+        if cache is None or any(item.image_key is None for item in items):
+            return list(self._encode_images([item.tensors for item in items]))
+        tensors = {item.image_key: item.tensors for item in items}
+        return cached_batch(
+            cache,
+            [item.image_key for item in items],
+            lambda missing: list(self._encode_images([tensors[key] for key in missing])),
+        )
+
+    def _encode_images(self, items: list[dict]):
         import torch
 
         if not items:

@@ -13,7 +13,7 @@ import inspect
 import logging
 from typing import Any
 
-from raysight.caching import ByteLRU, tensor_bytes
+from raysight.caching import ByteLRU, cached_batch
 
 logger = logging.getLogger(__name__)
 
@@ -54,26 +54,13 @@ class ImageFeatureCache:
                 images.setdefault(key, part)
         if not keys:
             return None
-        features = self._features(keys, images)
-        return {"image": BaseModelOutputWithPooling(pooler_output=tuple(features[k] for k in keys))}
 
-    def _features(self, keys: list[str], images: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        features: dict[str, Any] = {}
-        for key in dict.fromkeys(keys):
-            hit = self.cache.get(key)
-            if hit is not None:
-                features[key] = hit
-        # An image repeated within the batch is encoded once: its repeats count as hits.
-        self.cache.record_hits(len(keys) - len(images))
-        missing = [key for key in images if key not in features]
-        if missing:
+        def encode(missing: list[str]) -> list[Any]:
             inputs = [on_device(images[key], self.device, self.dtype) for key in missing]
-            for key, feature in zip(missing, self.family.encode_images(self.model, inputs)):
-                # A copy with its own storage: a view would keep the whole batch's output alive.
-                feature = feature.clone()
-                self.cache.put(key, feature, tensor_bytes(feature))
-                features[key] = feature
-        return features
+            return self.family.encode_images(self.model, inputs)
+
+        features = cached_batch(self.cache, keys, encode)
+        return {"image": BaseModelOutputWithPooling(pooler_output=tuple(features))}
 
 
 def on_device(tensors: dict[str, Any], device: str, dtype) -> dict[str, Any]:
