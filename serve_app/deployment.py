@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator
 from raysight.errors import InvalidRequest, RaysightError
 from raysight.spec import ModelSpec
 from serve_app.batching import DrainBatcher
-from serve_app.metrics import ModelMetrics
+from serve_app.metrics import CacheMetrics, ModelMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +66,9 @@ class ModelServer:
         self.name = spec.served_name
         self.engine = engine
         self.metrics = ModelMetrics(self.name)
+        self.cache_metrics = CacheMetrics(self.name)
         self.batcher = DrainBatcher(
-            engine.infer_and_postprocess,
+            self._run_batch,
             max_batch_size=spec.max_batch_size,
             wait_s=spec.batch_wait_timeout_s,
             on_batch=self.metrics.record_batch,
@@ -143,6 +144,23 @@ class ModelServer:
         return InvalidRequest(
             f"model {self.name!r} is a {self.engine.task} model and cannot {task}; use {use}"
         )
+
+    def _run_batch(self, prepared: list) -> list:
+        """The model thread's work for one batch; then the caches' counters go to metrics."""
+        try:
+            return self.engine.infer_and_postprocess(prepared)
+        finally:
+            self.record_cache_stats()
+
+    def record_cache_stats(self) -> dict:
+        """Send the engine's cache counters to metrics; returns them (empty if it has none)."""
+        stats_of = getattr(self.engine, "cache_stats", None)
+        stats = stats_of() if stats_of is not None else {}
+        try:
+            self.cache_metrics.record(stats)
+        except Exception:  # noqa: BLE001 - metrics must never fail a batch
+            logger.exception("cache metrics failed")
+        return stats
 
     async def _prepare(self, request) -> Any:
         return await asyncio.to_thread(self.engine.preprocess_safely, request)

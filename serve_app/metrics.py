@@ -3,7 +3,9 @@
 Ingress: requests and latency by route and status. Model replicas: batch sizes and the time
 requests wait in the queue for a batch. Prometheus sees them with Ray's prefix:
 ``ray_raysight_requests_total``, ``ray_raysight_request_latency_s``, ``ray_raysight_batch_size``,
-``ray_raysight_queue_wait_s``, ``ray_raysight_model_items_total``. Outside a Ray worker (unit
+``ray_raysight_queue_wait_s``, ``ray_raysight_model_items_total``, and per cache (tag ``cache``:
+preprocess, vision, response) ``ray_raysight_cache_hits_total``, ``..._misses_total``,
+``..._evictions_total`` and the gauge ``ray_raysight_cache_bytes``. Outside a Ray worker (unit
 tests, local clients) every metric is a no-op, so the serving code never checks.
 """
 
@@ -25,6 +27,9 @@ class _NoOp:
     def observe(self, value: float, tags: dict | None = None) -> None:
         pass
 
+    def set(self, value: float, tags: dict | None = None) -> None:
+        pass
+
 
 def _ray_worker() -> bool:
     try:
@@ -41,6 +46,14 @@ def _counter(name: str, description: str, tag_keys: tuple[str, ...]):
     from ray.util.metrics import Counter
 
     return Counter(name, description=description, tag_keys=tag_keys)
+
+
+def _gauge(name: str, description: str, tag_keys: tuple[str, ...]):
+    if not _ray_worker():
+        return _NoOp()
+    from ray.util.metrics import Gauge
+
+    return Gauge(name, description=description, tag_keys=tag_keys)
 
 
 def _histogram(name: str, description: str, boundaries: list[float], tag_keys: tuple[str, ...]):
@@ -88,3 +101,33 @@ class ModelMetrics:
         self.items.inc(size, tags=self.tags)
         for wait in waits:
             self.queue_wait.observe(wait, tags=self.tags)
+
+
+class CacheMetrics:
+    """Hits, misses and evictions of one model's caches, and the bytes each holds.
+
+    Engines keep cumulative counts (`engine.cache_stats()`); `record` adds what changed
+    since the last call, so it can run after every batch."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        keys = ("model", "cache")
+        self.hits = _counter("raysight_cache_hits", "Cache lookups answered from the cache.", keys)
+        self.misses = _counter("raysight_cache_misses", "Cache lookups that had to compute.", keys)
+        self.evictions = _counter(
+            "raysight_cache_evictions", "Entries dropped to stay within the byte bound.", keys
+        )
+        self.bytes = _gauge("raysight_cache_bytes", "Bytes a cache holds now.", keys)
+        self._seen: dict[str, tuple[int, int, int]] = {}
+
+    def record(self, stats: dict) -> None:
+        """`stats`: cache name -> CacheStats (cumulative)."""
+        for name, now in stats.items():
+            tags = {"model": self.model, "cache": name}
+            hits, misses, evictions = self._seen.get(name, (0, 0, 0))
+            for counter, delta in ((self.hits, now.hits - hits), (self.misses, now.misses - misses),
+                                   (self.evictions, now.evictions - evictions)):
+                if delta > 0:
+                    counter.inc(delta, tags=tags)
+            self.bytes.set(now.bytes, tags=tags)
+            self._seen[name] = (now.hits, now.misses, now.evictions)
