@@ -3,9 +3,13 @@
     python -m raysight.config_reference
 
 The README's "Configuration reference" section is this output; a test keeps them equal.
+It documents the ModelSpec, the Serve app's ServeConfig and the batch jobs' JobConfig; the
+last two are imported only here, when the reference is made (the core imports neither).
 """
 
 from __future__ import annotations
+
+import json
 
 from pydantic import BaseModel
 
@@ -13,12 +17,15 @@ from raysight.spec import GenerationDefaults, ImageInputPolicy, ModelSpec
 
 
 def _default(field) -> str:
+    """The default as a YAML reader would write it; a nested model's table follows its own."""
     if field.is_required():
         return "required"
-    if field.default_factory is not None:
+    value = field.default_factory() if field.default_factory is not None else field.default
+    if isinstance(value, BaseModel):
         return "see below"
-    value = field.default
-    return "`null`" if value is None else f"`{value!r}`".replace("'", '"')
+    if isinstance(value, tuple):
+        value = list(value)
+    return f"`{json.dumps(value)}`"
 
 
 def model_table(model: type[BaseModel], prefix: str = "") -> str:
@@ -29,15 +36,37 @@ def model_table(model: type[BaseModel], prefix: str = "") -> str:
     return "\n".join(rows)
 
 
-def reference() -> str:
-    parts = [
-        "### ModelSpec",
-        model_table(ModelSpec),
-        "### ModelSpec.generation",
-        model_table(GenerationDefaults, "generation."),
-        "### ModelSpec.images",
-        model_table(ImageInputPolicy, "images."),
+def _sections() -> list[tuple[str, str, type[BaseModel], str]]:
+    """(heading, one-line introduction, model, field prefix) of each table, in order."""
+    from batch_jobs.config import JobConfig
+    from serve_app.config import (DeploymentOptions, IndexConfig, IngressOptions, ServeConfig,
+                                  ServedModel)
+
+    return [
+        ("ModelSpec", "One model, for the Serve app and the batch jobs alike (a ModelSpec YAML "
+         "file, `--config`, or the `--model` flags).", ModelSpec, ""),
+        ("ModelSpec.generation", "", GenerationDefaults, "generation."),
+        ("ModelSpec.images", "", ImageInputPolicy, "images."),
+        ("ServeConfig", "The Serve app (`raysight serve --serve-config FILE`, or the `args` of "
+         "`serve_app/config.yaml` for `serve run`).", ServeConfig, ""),
+        ("ServeConfig.models[]", "Each entry is written flat: the ModelSpec fields above, plus "
+         "`deployment:`.", ServedModel, "models[]."),
+        ("ServeConfig.models[].deployment", "", DeploymentOptions, "models[].deployment."),
+        ("ServeConfig.indexes[]", "", IndexConfig, "indexes[]."),
+        ("ServeConfig.ingress", "", IngressOptions, "ingress."),
+        ("JobConfig", "One offline job. `run_caption`, `run_embed` and `run_classify` take "
+         "`model`, `input` and `output`, and the other fields as keywords; the job commands "
+         "take most as a flag of the same name (`batch_size` is `--batch-size`).", JobConfig, ""),
     ]
+
+
+def reference() -> str:
+    parts = []
+    for heading, introduction, model, prefix in _sections():
+        parts.append(f"### {heading}")
+        if introduction:
+            parts.append(introduction)
+        parts.append(model_table(model, prefix))
     return "\n\n".join(parts) + "\n"
 
 

@@ -84,8 +84,13 @@ class DeploymentOptions(_Frozen):
 class ServedModel(_Frozen):
     """One model to serve: its ModelSpec and its deployment options."""
 
-    spec: ModelSpec
-    deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
+    spec: ModelSpec = Field(
+        description="What the model is. In YAML its fields sit directly in the entry "
+        "(`model: builtin:shapes-vlm`), not under a `spec:` key."
+    )
+    deployment: DeploymentOptions = Field(
+        default_factory=DeploymentOptions, description="How Ray Serve runs its replicas."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -181,7 +186,10 @@ class ServeConfig(_Frozen):
         64, gt=0, description="Most inputs one /v1/embeddings request may carry."
     )
     app_name: str = Field("raysight", description="The Serve application name.")
-    ingress: IngressOptions = Field(default_factory=IngressOptions)
+    ingress: IngressOptions = Field(
+        default_factory=IngressOptions,
+        description="The HTTP-facing deployment that parses requests and routes them.",
+    )
 
     @model_validator(mode="after")
     def _names_resolve(self) -> "ServeConfig":
