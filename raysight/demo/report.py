@@ -64,9 +64,8 @@ def offline_section(offline: OfflineResult, out: Path) -> list[str]:
 
 def failures_section(offline: OfflineResult) -> list[str]:
     rows = offline.failed["caption"]
-    same = all(
-        [row.path for row in other] == [row.path for row in rows] for other in offline.failed.values()
-    )
+    paths = [row.path for row in rows]
+    same = all([row.path for row in other] == paths for other in offline.failed.values())
     scope = "each job" if same else "the caption job"
     lines = [f"Failed rows: {len(rows)} in {scope}, each with its reason (every other row has an "
              "answer)"]

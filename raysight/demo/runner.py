@@ -93,7 +93,6 @@ def stop_ray():
 def run(args: argparse.Namespace) -> int:
     from raysight.demo.offline import BROKEN_FILES, draw_images, run_jobs
     from raysight.demo.online import serve_and_ask
-    from raysight.demo.processes import descendants
     from raysight.demo.report import Shutdown, checks, format_report
 
     if args.images < 1:

@@ -70,7 +70,8 @@ def test_caption_accuracy_in_the_report_is_what_the_files_show(demo):
     printed = float(re.search(r"Caption accuracy: (\d\.\d+) \((\d+) of (\d+)", report).group(1))
     assert printed >= 0.9
     with open(out / "images" / "labels.csv", newline="", encoding="utf-8") as handle:
-        drawn = {str(out / "images" / row["path"]): row["caption"] for row in csv.DictReader(handle)}
+        drawn = {str(out / "images" / row["path"]): row["caption"]
+                 for row in csv.DictReader(handle)}
     rows = pq.read_table(out / "captions", columns=["path", "text"]).to_pylist()
     assert len(rows) == IMAGES + 3
     right = sum(row["text"] == drawn[row["path"]] for row in rows if drawn[row["path"]])
@@ -94,8 +95,8 @@ def test_online_answers_and_search_top_five_are_right(demo):
     _, report, _, _ = demo
     for route in ("/v1/chat/completions", "/predict", "/classify"):
         assert re.search(rf"POST {route} .*\n +-> \"[a-z ]+\" \(right, ", report), route
-    hits = re.findall(r"^    \d\. (img_\d+\.png) +score (\d\.\d+) +drawn: (.+)$", report, flags=re.M)
-    assert len(hits) == 5 and {drawn for _, _, drawn in hits} == {"a red circle"}
+    hits = re.findall(r"^    \d\. (img_\d+\.png) +score [\d.]+ +drawn: (.+)$", report, flags=re.M)
+    assert len(hits) == 5 and {drawn for _, drawn in hits} == {"a red circle"}
     assert "search top-5: 5 of 5 are red circles" in report
     for job in ("caption", "embed", "classify"):
         speed = re.search(rf"^  {job} +{IMAGES + 3} +3 +[\d.]+ +([\d.]+)", report, flags=re.M)

@@ -38,7 +38,7 @@ def workdir(tmp_path_factory) -> Path:
     """The README's working folder after its drawing snippet and its offline Python example."""
     folder = tmp_path_factory.mktemp("readme")
     online, offline = section("Online"), section("Offline")
-    [draw] = [block for block in code_blocks("python", online) if 'image.save("shape.png")' in block]
+    [draw] = [block for block in code_blocks("python", online) if "image.save(" in block]
     [jobs] = [block for block in code_blocks("python", offline) if "run_caption" in block]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1",
            "RAY_ADDRESS": "local"}  # a private Ray, never one another process started
