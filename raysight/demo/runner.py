@@ -102,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
     prepare_output(out)
     step(1, f"drawing {args.images} shape images and {BROKEN_FILES} broken files into "
          f"{out / 'images'}")
+    # An earlier, larger run's images would otherwise join this run's.
+    shutil.rmtree(out / "images", ignore_errors=True)
     drawn = draw_images(out / "images", args.images, args.seed)
     # A short path: Ray's unix sockets live under it, and their paths are length-limited.
     temp_dir = tempfile.mkdtemp(prefix="rsdemo-", dir="/tmp" if os.path.isdir("/tmp") else None)
