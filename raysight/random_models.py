@@ -117,9 +117,27 @@ class RandomModelSize:
     # Weights' std. The usual 0.02 makes tiny random models repeat one token whatever the
     # input; a larger spread makes outputs depend on the image and prompt, so tests can fail.
     init_std: float = 0.2
+    # CLIP only: MLP width as a multiple of the hidden size (real ViTs use 4), and the
+    # vision tower's heads when they differ from the text tower's.
+    mlp_ratio: int = 2
+    vision_heads: int | None = None
 
 
 TINY = RandomModelSize()
+
+# Realistic sizes for the benchmarks (`python -m bench`); random weights, built offline.
+# CLIP ViT-B/32: the real towers' shapes; 129M parameters, not 151M, because the vocabulary
+# learned from local text is smaller than CLIP's 49,408 tokens (the vision tower is 87.5M).
+CLIP_VIT_B32 = RandomModelSize(
+    hidden=512, layers=12, heads=8, vision_hidden=768, vision_layers=12, vision_heads=12,
+    image_size=224, patch=32, vocab=49408, init_std=0.02, mlp_ratio=4,
+)
+# A Qwen2-VL-shaped chat model sized so one 16-token answer takes ~0.3 s on 2 CPU cores.
+QWEN2_VL_BENCH = RandomModelSize(
+    hidden=512, layers=8, heads=8, vision_hidden=384, vision_layers=6, image_size=224,
+    patch=14, vocab=8000, init_std=0.02,
+)
+NAMED_SIZES = {"tiny": TINY, "clip-vit-b32": CLIP_VIT_B32, "qwen2-vl-bench": QWEN2_VL_BENCH}
 
 
 def _qwen_tokenizer(size: RandomModelSize):
@@ -356,7 +374,7 @@ def _build_clip(folder: Path, size: RandomModelSize) -> None:
         text_config=dict(
             vocab_size=len(tokenizer),
             hidden_size=size.hidden,
-            intermediate_size=size.hidden * 2,
+            intermediate_size=size.hidden * size.mlp_ratio,
             num_hidden_layers=size.layers,
             num_attention_heads=size.heads,
             max_position_embeddings=77,
@@ -366,9 +384,9 @@ def _build_clip(folder: Path, size: RandomModelSize) -> None:
         ),
         vision_config=dict(
             hidden_size=size.vision_hidden,
-            intermediate_size=size.vision_hidden * 2,
+            intermediate_size=size.vision_hidden * size.mlp_ratio,
             num_hidden_layers=size.vision_layers,
-            num_attention_heads=size.heads,
+            num_attention_heads=size.vision_heads or size.heads,
             image_size=size.image_size,
             patch_size=size.patch,
         ),

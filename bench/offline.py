@@ -1,0 +1,106 @@
+"""Offline: the embed job (batch_jobs, Ray Data) against a plain single-process loop over
+the same folder of JPEGs, both writing Parquet.
+
+The plain loop is what one writes by hand: read and decode each file, run the processor,
+one forward per `batch` images at the sweep's best batch size, write Parquet at the end.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from bench.models import cache_root
+from bench.report import median_row, row
+from bench.settings import BenchSettings
+
+SCENARIO = "offline_embed"
+
+
+def jpeg_folder(count: int) -> Path:
+    """A folder of `count` distinct 256x256 JPEGs, made once and cached."""
+    from bench.payloads import jpeg_images
+
+    folder = cache_root() / f"jpegs-{count}"
+    if len(list(folder.glob("*.jpg"))) != count:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        for start in range(0, count, 500):
+            for index, image in enumerate(jpeg_images(min(500, count - start), 256, seed=start)):
+                (folder / f"{start + index:06d}.jpg").write_bytes(image)
+    return folder
+
+
+def plain_loop(model_folder: str, images: Path, output: Path, batch: int) -> float:
+    """Images per second of the hand-written loop (model load not counted)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+    from PIL import Image
+    from transformers import AutoModel, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(model_folder)
+    model = AutoModel.from_pretrained(model_folder).eval()
+    paths = sorted(str(path) for path in images.glob("*.jpg"))
+    vectors: list[list[float]] = []
+    started = time.perf_counter()
+    for start in range(0, len(paths), batch):
+        chunk = [Image.open(path).convert("RGB") for path in paths[start:start + batch]]
+        pixels = processor.image_processor(images=chunk, return_tensors="pt")["pixel_values"]
+        with torch.inference_mode():
+            features = model.get_image_features(pixel_values=pixels)
+        features = getattr(features, "pooler_output", features)
+        vectors.extend(torch.nn.functional.normalize(features, dim=-1).tolist())
+    table = pa.table({"path": paths, "embedding": pa.array(vectors, pa.list_(pa.float32()))})
+    output.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, output / "embeddings.parquet")
+    return len(paths) / (time.perf_counter() - started)
+
+
+def embed_job(model_folder: str, images: Path, output: Path, batch: int,
+              torch_threads: int | None) -> tuple[float, dict]:
+    """Images per second of `run_embed` end to end (plan, actors, model load, write)."""
+    from batch_jobs.embed import run_embed
+    from raysight.spec import ModelSpec
+
+    spec = ModelSpec(model=model_folder, max_batch_size=batch)
+    started = time.perf_counter()
+    summary = run_embed(spec, str(images), str(output), batch_size=batch,
+                        torch_threads=torch_threads, overwrite=True, progress=False)
+    seconds = time.perf_counter() - started
+    if summary.rows != len(list(images.glob("*.jpg"))) or summary.failures:
+        raise RuntimeError(f"the embed job did not embed every image: {summary.format()}")
+    return summary.rows / seconds, {"plan": summary.plan, "job_seconds": summary.seconds}
+
+
+def offline_embed(model_folder: str, batch: int, torch_threads: int | None,
+                  settings: BenchSettings, log: Callable[[str], None]) -> list[dict]:
+    images = jpeg_folder(settings.offline_images)
+    loop_figures: list[float] = []
+    job_figures: list[float] = []
+    details: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bench-offline-") as scratch:
+        for repeat in range(settings.offline_repeats):
+            order = ("loop", "job") if repeat % 2 == 0 else ("job", "loop")
+            for name in order:
+                output = Path(scratch) / f"{name}-{repeat}"
+                if name == "loop":
+                    loop_figures.append(plain_loop(model_folder, images, output, batch))
+                    log(f"  plain loop: {loop_figures[-1]:.1f} images/s")
+                else:
+                    figure, details = embed_job(model_folder, images, output, batch,
+                                                torch_threads)
+                    job_figures.append(figure)
+                    log(f"  embed job:  {figure:.1f} images/s ({details['plan']})")
+    extra = {"images": settings.offline_images, "batch": batch}
+    return [
+        median_row(SCENARIO, "embed_job", "images_per_s", job_figures, unit="img/s",
+                   torch_threads=torch_threads, **details, **extra),
+        median_row(SCENARIO, "plain_loop", "images_per_s", loop_figures, unit="img/s", **extra),
+        row(SCENARIO, "embed_job", "ratio_to_loop",
+            round(statistics.median(job_figures) / statistics.median(loop_figures), 3)),
+    ]

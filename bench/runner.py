@@ -1,0 +1,206 @@
+"""Run the chosen scenarios in an order that keeps them apart, then report.
+
+Order: the batch-size sweep and the cold start need no Ray in this process; the online
+scenarios share one private local Ray (Serve apps are deleted between them); the offline
+job and then the caching benchmark (bench/caching.py, when present) run on the same Ray
+once Serve is gone, so a job never attaches to some other Ray running on the machine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from bench.report import evaluate_targets, format_table, format_targets, write_json
+from bench.settings import BenchSettings
+
+SCENARIOS = ("batch_sweep", "cold_start", "online_embeddings", "online_generation",
+             "offline_embed", "caching")
+RAY_SCENARIOS = {"online_embeddings", "online_generation", "offline_embed", "caching"}
+DEFAULT_EMBED_BATCH = 16
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    settings: BenchSettings
+    scenarios: tuple[str, ...]
+    out: Path
+
+
+def machine() -> dict:
+    import ray
+    import torch
+    import transformers
+
+    load = os.getloadavg()
+    return {
+        "cpu_cores": os.cpu_count(), "cpu": _cpu_name(), "gpu": torch.cuda.is_available(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "torch": torch.__version__, "ray": ray.__version__,
+        "transformers": transformers.__version__, "python": platform.python_version(),
+        "load_average_1m_at_start": round(load[0], 2),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _previous_best_batch(out: Path) -> int:
+    """The best batch size a previous run's sweep recorded (when only other scenarios run)."""
+    try:
+        rows = json.loads((out / "latest.json").read_text())["rows"]
+        return int(next(r["value"] for r in rows if r["metric"] == "best_batch"))
+    except (OSError, ValueError, KeyError, StopIteration):
+        return DEFAULT_EMBED_BATCH
+
+
+def caching_module():
+    """bench/caching.py (another benchmark, owned by the caching work) if it exists."""
+    if importlib.util.find_spec("bench.caching") is None:
+        return None
+    import bench.caching
+
+    return bench.caching
+
+
+def run(options: RunOptions, log: Callable[[str], None] = print) -> dict:
+    """Run the scenarios; write latest.json and the plots into options.out; return the
+    JSON payload."""
+    from bench.models import bench_models
+
+    settings, chosen = options.settings, set(options.scenarios)
+    started = time.perf_counter()
+    info = machine()
+    models = bench_models(settings.quick)
+    for model in models.values():
+        log(f"model ({model.role}): {model.describe()}")
+    rows: list[dict] = []
+    timings: dict[str, float] = {}
+
+    def timed(name: str, step: Callable[[], list[dict]]) -> None:
+        log(f"== {name}")
+        began = time.perf_counter()
+        rows.extend(step())
+        timings[name] = round(time.perf_counter() - began, 1)
+
+    embed, vlm = models["embed"].folder, models["generate"].folder
+    best = _previous_best_batch(options.out)
+    if "batch_sweep" in chosen:
+        from bench.sweep import batch_sweep
+
+        log("== batch_sweep")
+        began = time.perf_counter()
+        sweep_rows, best = batch_sweep(embed, settings, log)
+        rows.extend(sweep_rows)
+        timings["batch_sweep"] = round(time.perf_counter() - began, 1)
+    log(f"embed max_batch_size: {best}")
+    if "cold_start" in chosen:
+        from bench.coldstart import cold_start
+
+        timed("cold_start", lambda: cold_start(embed, settings, log))
+    if chosen & RAY_SCENARIOS:
+        rows.extend(_ray_scenarios(chosen, embed, vlm, best, settings, log, timings))
+    targets = evaluate_targets(rows, {r["scenario"] for r in rows})
+    info["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
+    payload = {
+        "quick": settings.quick,
+        "run_seconds": round(time.perf_counter() - started, 1),
+        "scenario_seconds": timings,
+        "machine": info,
+        "models": {role: {"architecture": m.architecture, "size": m.size_name,
+                          "params": m.params, "vision_params": m.vision_params}
+                   for role, m in models.items()},
+        "settings": {"embed_max_batch_size": best,
+                     "chat_max_batch_size": settings.chat_max_batch_size,
+                     "repeats": settings.repeats, "offline_repeats": settings.offline_repeats},
+        "rows": rows,
+        "targets": targets,
+    }
+    return _report(payload, options, log)
+
+
+def _ray_scenarios(chosen: set[str], embed: str, vlm: str, best: int,
+                   settings: BenchSettings, log: Callable[[str], None],
+                   timings: dict[str, float]) -> list[dict]:
+    import ray
+
+    rows: list[dict] = []
+
+    def timed(name: str, step: Callable[[], list[dict]]) -> None:
+        log(f"== {name}")
+        began = time.perf_counter()
+        rows.extend(step())
+        timings[name] = round(time.perf_counter() - began, 1)
+
+    ray.init(address="local", log_to_driver=False, include_dashboard=False,
+             configure_logging=False)
+    try:
+        if "online_embeddings" in chosen:
+            from bench.online import online_embeddings
+
+            timed("online_embeddings", lambda: online_embeddings(embed, best, settings, log))
+        if "online_generation" in chosen:
+            from bench.online import online_generation
+
+            timed("online_generation", lambda: online_generation(vlm, settings, log))
+        from ray import serve
+
+        serve.shutdown()
+        if "offline_embed" in chosen:
+            from bench.offline import offline_embed
+
+            # The model actor gets every core: on a CPU node the model stage is the only
+            # heavy stage, and decoding a JPEG costs ~1/10 of its forward.
+            threads = os.cpu_count() or 1
+            timed("offline_embed",
+                  lambda: offline_embed(embed, best, threads, settings, log))
+        if "caching" in chosen:
+            module = caching_module()
+            if module is None:
+                log("== caching: bench/caching.py is not there; skipped")
+            else:
+                timed("caching", lambda: [dict(r) for r in module.run(settings.quick)])
+    finally:
+        ray.shutdown()
+    return rows
+
+
+def _report(payload: dict, options: RunOptions, log: Callable[[str], None]) -> dict:
+    from bench.plots import plot_all
+
+    out = options.out
+    previous = out / "latest.json"
+    rows = payload["rows"]
+    ran = {r["scenario"] for r in rows}
+    if previous.exists() and set(options.scenarios) != set(SCENARIOS):
+        # --only: keep the other scenarios' rows of the last run, so the file stays whole.
+        try:
+            kept = [r for r in json.loads(previous.read_text())["rows"] if r["scenario"] not in ran]
+        except (ValueError, KeyError):
+            kept = []
+        payload["rows"] = rows = kept + rows
+        payload["targets"] = evaluate_targets(rows, {r["scenario"] for r in rows})
+    write_json(previous, payload)
+    m = payload["machine"]
+    note = f"{m['cpu_cores']} CPU cores, {'GPU' if m['gpu'] else 'no GPU'}, torch {m['torch']}"
+    plots = plot_all(rows, payload["targets"], out, note)
+    log("")
+    log(format_table(rows))
+    log("")
+    log("targets:")
+    log(format_targets(payload["targets"]))
+    log(f"\nwrote {previous} and {len(plots)} plots; run took {payload['run_seconds']:.0f} s")
+    return payload

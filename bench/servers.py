@@ -1,0 +1,95 @@
+"""The servers under test, each a context manager yielding its base URL: raysight on Ray
+Serve (two deployments of one model: the configured max_batch_size and 1) and the Flask
+baseline in its own process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def child_env() -> dict[str, str]:
+    """This process's environment, with the repo on PYTHONPATH so `-m bench.*` imports
+    from wherever the run was started."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(url: str, timeout_s: float, process: subprocess.Popen | None = None) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited with code {process.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up within {timeout_s:.0f} s")
+
+
+@contextmanager
+def raysight_server(folder: str, name: str, max_batch_size: int, max_clients: int,
+                    ) -> Iterator[str]:
+    """raysight on the Ray this process runs: model `name` at `max_batch_size` and
+    `name`-mbs1 at max_batch_size 1, both with the default deployment options."""
+    from ray import serve
+
+    from raysight.spec import ModelSpec
+    from serve_app.config import ServeConfig, ServedModel
+    from serve_app.launch import start_serving
+
+    # Room for every client: the 503s of a full queue would be measured as errors.
+    deployment = {"max_queued_requests": 4 * max_clients}
+    models = [
+        ServedModel(spec=ModelSpec(model=folder, name=name, max_batch_size=max_batch_size),
+                    deployment=deployment),
+        ServedModel(spec=ModelSpec(model=folder, name=f"{name}-mbs1", max_batch_size=1),
+                    deployment=deployment),
+    ]
+    config = ServeConfig(models=models, port=free_port(), app_name=f"bench-{name}")
+    url = start_serving(config)
+    try:
+        yield url
+    finally:
+        serve.delete(config.app_name)
+
+
+@contextmanager
+def flask_server(folder: str, task: str) -> Iterator[str]:
+    """The hand-written baseline (bench/flask_server.py) in its own process."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.flask_server", "--model", folder, "--task", task,
+         "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env(),
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(url + "/healthz", 120, process)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()

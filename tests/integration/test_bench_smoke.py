@@ -1,0 +1,47 @@
+"""`python -m bench --quick` runs the benchmark scenarios end to end on tiny models and
+writes the JSON and the plots the README shows (the cold start and the caching benchmark
+are left out: each starts its own Ray, which alone would cost most of the time budget)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIOS = ("batch_sweep", "online_embeddings", "online_generation", "offline_embed")
+
+
+@pytest.mark.timeout(120)
+def test_quick_bench_writes_json_and_plots(tmp_path):
+    command = [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)]
+    for scenario in SCENARIOS:
+        command += ["--only", scenario]
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1")
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=110)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    payload = json.loads((tmp_path / "latest.json").read_text())
+    assert payload["quick"] is True
+    assert {row["scenario"] for row in payload["rows"]} == set(SCENARIOS)
+    for row in payload["rows"]:
+        assert {"scenario", "variant", "metric", "value"} <= set(row)
+    online = {(r["variant"], r["metric"]) for r in payload["rows"]
+              if r["scenario"] == "online_embeddings"}
+    for variant in ("raysight", "ceiling", "flask", "raysight_mbs1"):
+        assert (variant, "throughput") in online and (variant, "p99_ms") in online
+    served = [r["value"] for r in payload["rows"] if r["scenario"] == "online_generation"
+              and r["metric"] == "tokens_per_s" and r["variant"] == "raysight"]
+    assert served and all(value > 0 for value in served)
+    assert [t["status"] for t in payload["targets"]
+            if t["target"].startswith("offline")] in (["PASS"], ["MISS"])
+    for scenario in SCENARIOS + ("targets",):
+        assert (tmp_path / f"{scenario}.png").stat().st_size > 10_000
+    assert "targets:" in done.stdout
