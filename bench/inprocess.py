@@ -53,13 +53,15 @@ class EngineRunner:
             self.requests = [GenerateRequest.from_prompt(PROMPT, url, max_new_tokens=max_tokens)
                              for url in urls]
         self._prepared = None
+        self._warm: set[tuple[int, bool]] = set()
 
     def _batch(self, size: int, offset: int) -> list:
         return [self.requests[(offset + i) % len(self.requests)] for i in range(size)]
 
     def measure(self, batch: int, seconds: float, forward_only: bool = False) -> Measured:
-        """Run batches of `batch` for about `seconds` (at least two batches; the first is a
-        warm-up and not counted). `forward_only` skips decoding and preprocessing."""
+        """Run batches of `batch` for about `seconds` (at least one batch, after one
+        uncounted warm-up batch the first time). `forward_only` skips decoding and
+        preprocessing."""
         if forward_only and self._prepared is None:
             self._prepared = [self.engine.preprocess(r) for r in self.requests]
         source = self._prepared if forward_only else self.requests
@@ -69,7 +71,9 @@ class EngineRunner:
             chosen = [source[(offset + i) % len(source)] for i in range(batch)]
             return step(chosen)
 
-        run(0)  # warm-up: the first call at a new shape builds kernels
+        if (batch, forward_only) not in self._warm:
+            run(0)  # warm-up: the first call at a new shape builds kernels
+            self._warm.add((batch, forward_only))
         items = tokens = 0
         durations: list[float] = []
         started = time.perf_counter()

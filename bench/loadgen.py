@@ -3,7 +3,8 @@
 A client inside the process that holds the server (or the Ray driver) would slow what it
 measures, so ``LoadGenerator`` starts ``python -m bench.loadgen`` once and sends it one JSON
 line per measurement; the child answers with one JSON line of figures. Each measurement is
-bounded in time (``seconds``) and in requests (``max_requests``).
+bounded in time (a warm-up of at most 120 s, a window of ``seconds``, at most 120 s) and in
+requests (``max_requests``).
 """
 
 from __future__ import annotations
@@ -96,22 +97,28 @@ def _bodies(load: Load) -> list[bytes]:
 
 
 async def _measure(load: Load) -> dict:
-    """Closed loop: each client sends its next request when its last one is answered, until
-    the time or the request budget runs out; the run ends when the last answer arrives."""
+    """Closed loop: each client sends its next request as soon as its last one is answered.
+
+    Warm-up runs until every client has had an answer (the loop is then in steady state,
+    whatever the latency), then the window runs for ``seconds`` (and until at least one
+    answer arrives). Throughput is Little's law over the window's answers, clients / mean
+    latency: exact for a closed loop in steady state, and free of the quantisation a count
+    suffers when answers come in batches of 32 every few seconds. Requests still in flight
+    when the window closes are dropped.
+    """
     import httpx
 
     bodies = _bodies(load)
     chat = "chat" in load.path
-    latencies: list[float] = []
+    answered: set[int] = set()
+    window: list[tuple[float, int, int]] = []  # (latency, tokens, batch size)
     statuses: Counter = Counter()
-    batch_sizes: list[int] = []
-    tokens = 0
     issued = 0
-    started = deadline = 0.0
+    phase = {"window_start": None}
 
     async def client(number: int, http: httpx.AsyncClient) -> None:
-        nonlocal issued, tokens
-        while time.perf_counter() < deadline and issued < load.max_requests:
+        nonlocal issued
+        while issued < load.max_requests:
             body = bodies[(number + issued) % len(bodies)]
             issued += 1
             sent = time.perf_counter()
@@ -124,30 +131,43 @@ async def _measure(load: Load) -> dict:
             statuses[response.status_code] += 1
             if response.status_code != 200:
                 continue
-            latencies.append(time.perf_counter() - sent)
-            if "x-raysight-batch-size" in response.headers:
-                batch_sizes.append(int(response.headers["x-raysight-batch-size"]))
-            if chat:
-                tokens += response.json()["usage"]["completion_tokens"]
+            done = time.perf_counter()
+            answered.add(number)
+            if phase["window_start"] is not None and done >= phase["window_start"]:
+                tokens = response.json()["usage"]["completion_tokens"] if chat else 0
+                batch = int(response.headers.get("x-raysight-batch-size", 0))
+                window.append((done - sent, tokens, batch))
 
     limits = httpx.Limits(max_connections=load.clients, max_keepalive_connections=load.clients)
     async with httpx.AsyncClient(timeout=300, limits=limits) as http:
-        # The clock starts once the client exists (building it takes a few hundred ms).
         started = time.perf_counter()
-        deadline = started + load.seconds
-        await asyncio.gather(*(client(i, http) for i in range(load.clients)))
-    elapsed = time.perf_counter() - started
-    ok = len(latencies)
+        tasks = [asyncio.create_task(client(i, http)) for i in range(load.clients)]
+        while len(answered) < load.clients and time.perf_counter() - started < 120:
+            await asyncio.sleep(0.02)
+        phase["window_start"] = opened = time.perf_counter()
+        while (time.perf_counter() - opened < load.seconds or not window) and \
+                time.perf_counter() - opened < 120 and issued < load.max_requests:
+            await asyncio.sleep(0.02)
+        closed = time.perf_counter()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    latencies = [latency for latency, _, _ in window]
+    batches = [batch for _, _, batch in window if batch]
+    mean_latency = sum(latencies) / len(latencies) if latencies else float("inf")
+    per_request_tokens = sum(t for _, t, _ in window) / len(window) if window else 0.0
+    requests_per_s = load.clients / mean_latency
     return {
-        "ok": ok,
+        "ok": len(window),
         "statuses": {str(k): v for k, v in statuses.items()},
-        "seconds": elapsed,
-        "requests_per_s": ok / elapsed,
-        "tokens": tokens,
-        "tokens_per_s": tokens / elapsed,
+        "warmup_s": opened - started,
+        "window_s": closed - opened,
+        "requests_per_s": requests_per_s,
+        "counted_per_s": len(window) / (closed - opened),
+        "tokens_per_s": requests_per_s * per_request_tokens,
         "p50_ms": 1000 * percentile(latencies, 0.50),
         "p99_ms": 1000 * percentile(latencies, 0.99),
-        "mean_batch": sum(batch_sizes) / len(batch_sizes) if batch_sizes else None,
+        "mean_batch": sum(batches) / len(batches) if batches else None,
     }
 
 

@@ -22,7 +22,8 @@ def _http(loadgen: LoadGenerator, url: str, path: str, model: str,
           settings: BenchSettings) -> Measure:
     def measure(clients: int, seconds: float) -> dict:
         load = Load(url=url, path=path, model=model, clients=clients, seconds=seconds,
-                    max_requests=clients + int(seconds * 500), max_tokens=settings.new_tokens)
+                    max_requests=20 * clients + int(seconds * 500),
+                    max_tokens=settings.new_tokens)
         result = loadgen.run(load)
         if result["ok"] == 0 or set(result["statuses"]) != {"200"}:
             raise RuntimeError(f"{url}{path} ({model}) answered {result['statuses']}")
@@ -45,7 +46,8 @@ def _ceiling(runner: EngineRunner, max_batch_size: int) -> Measure:
 def compare(scenario: str, variants: dict[str, Measure], clients_list: tuple[int, ...],
             window_s: float, settings: BenchSettings, throughput_key: str,
             throughput_metric: str, unit: str, log: Callable[[str], None]) -> list[dict]:
-    """Measure every variant at every client count, `settings.repeats` times, interleaved."""
+    """Measure every variant at every client count, `settings.repeats` times, interleaved
+    (ABC, CBA, ...: a load that drifts during the run falls on every variant alike)."""
     rows: list[dict] = []
     names = list(variants)
     for clients in clients_list:
@@ -53,8 +55,6 @@ def compare(scenario: str, variants: dict[str, Measure], clients_list: tuple[int
         for repeat in range(settings.repeats):
             order = names if repeat % 2 == 0 else names[::-1]
             for name in order:
-                if repeat == 0 and name != "ceiling":
-                    variants[name](clients, settings.warmup_s)
                 figures[name].append(variants[name](clients, window_s))
         for name in names:
             got = figures[name]

@@ -13,15 +13,17 @@ class BenchSettings:
     repeats: int = 3
     embed_clients: tuple[int, ...] = (1, 8, 32, 64)
     chat_clients: tuple[int, ...] = (1, 8, 32)
-    embed_window_s: float = 4.0  # one closed-loop measurement
-    chat_window_s: float = 6.0
-    warmup_s: float = 1.5  # before the first repeat of each (variant, clients)
+    # One closed-loop measurement: a warm-up until every client has had an answer, then a
+    # window this long (see bench/loadgen.py).
+    embed_window_s: float = 2.5
+    chat_window_s: float = 3.0
     new_tokens: int = 16
     chat_max_batch_size: int = 32  # one batch holds every client of the 32-client point
     sweep_batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     sweep_window_s: float = 1.5
     offline_images: int = 5000
-    offline_repeats: int = 1  # a pass over 5,000 images takes minutes; see the README
+    offline_repeats: int = 1  # passes of the job: one over 5,000 images takes ~5 minutes
+    offline_loop_segment_s: float = 20.0  # the plain loop's repeats: stretches this long
     cold_start_repeats: int = 3
     cold_start_timeout_s: float = 120.0
 
@@ -33,6 +35,7 @@ class BenchSettings:
 FULL = BenchSettings()
 QUICK = BenchSettings(
     quick=True, repeats=1, embed_clients=(1, 8), chat_clients=(1, 8), embed_window_s=0.5,
-    chat_window_s=0.5, warmup_s=0.2, new_tokens=8, chat_max_batch_size=8,
-    sweep_batches=(1, 8), sweep_window_s=0.2, offline_images=64, cold_start_repeats=1,
+    chat_window_s=0.5, new_tokens=8, chat_max_batch_size=8,
+    sweep_batches=(1, 8), sweep_window_s=0.2, offline_images=64, offline_loop_segment_s=1.0,
+    cold_start_repeats=1,
 )
