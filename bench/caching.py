@@ -202,8 +202,6 @@ def _stage_rows(scenario: str, folder: str, table, tokens: int, batch: int) -> l
 
 def _ray_job_rows(scenario: str, folder: str, table, tokens: int, batch: int) -> list[dict]:
     """The real caption job (Ray Data, its own actors) over the same rows, per variant."""
-    import pyarrow.parquet as pq
-
     from batch_jobs.config import job_config_for
     from batch_jobs.pipeline import run_job
     from bench.report import median_row, row
@@ -214,14 +212,16 @@ def _ray_job_rows(scenario: str, folder: str, table, tokens: int, batch: int) ->
 
     started_ray = not ray.is_initialized()
     if started_ray:
-        # Logical CPUs as the integration tests give them: with only the 2 cores as CPUs, the
-        # two stages' actors hold 1.5 and the Parquet listing task (1 CPU) never starts.
+        # Logical CPUs as the integration tests give them: with only 2, the two stages'
+        # actors hold 1.5 and a 1-CPU read task can wait behind them for good.
         ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
     rates: dict[str, list[float]] = {CACHE: [], NO_CACHE: []}
     with tempfile.TemporaryDirectory(prefix="raysight-caching-") as scratch:
-        source = Path(scratch) / "rows.parquet"
-        pq.write_table(table, source)
+        source = Path(scratch) / "images"  # a folder of PNG files, duplicates byte for byte
+        source.mkdir()
+        for name, data in zip(table["id"].to_pylist(), table["image"].to_pylist()):
+            (source / f"{name}.png").write_bytes(data)
         for name, settings in ((NO_CACHE, CACHES_OFF), (CACHE, {})):
             spec = ModelSpec(model=folder, max_batch_size=batch, **settings)
             job = job_config_for("caption", spec, str(source), str(Path(scratch) / name),

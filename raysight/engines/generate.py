@@ -219,15 +219,16 @@ class GenerateEngine(Engine):
         from raysight.engines.vision import on_device
 
         inputs = [item.inputs for item in items]
-        batch = on_device(self.family.collate(inputs, self.pad_token_id), self.device, self.dtype)
+        batch = self.family.collate(inputs, self.pad_token_id)
         encoded: dict[str, Any] = {}
         if self.image_features is not None:
             with torch.inference_mode():
                 outputs = self.image_features.encoder_outputs(inputs)
-            if outputs is not None:
+            if outputs is not None:  # generate takes the features instead of the pixels
                 encoded["mm_encoder_outputs"] = outputs
                 for key in self.family.encoder_only_keys:
                     batch.pop(key, None)
+        batch = on_device(batch, self.device, self.dtype)
         first = items[0]
         sampling: dict[str, Any] = {"do_sample": False}
         if first.temperature > 0:
