@@ -15,7 +15,23 @@ rows are their ratios. The model is Qwen2-VL shaped with random weights, proport
 Qwen2-VL-2B at a 448 px image: 1024 patches through a vision tower that is 40% of the
 weights (12 layers of 320), 256 image tokens into a 6-layer 512-wide language model.
 
-    python -c "from bench.caching import run; print(run(quick=True))"
+    python -m bench.caching [--quick]      # prints the rows as JSON lines
+
+Measured (2 CPU cores, no GPU, torch 2.13, transformers 5.23; 5 sessions per variant,
+12 new tokens, 448 px images; medians):
+
+| scenario | no cache | cache | cache / no cache | vision hit rate |
+| --- | --- | --- | --- | --- |
+| 4-turn chat, turns 2-4 | 0.576 s | 0.222 s | 0.385 | 0.75 (3 of 4) |
+| 4-turn chat, all turns | 0.571 s | 0.311 s | 0.544 | |
+| 4 questions, questions 2-4 | 0.521 s | 0.203 s | 0.389 | 0.75 |
+| 4 questions, all | 0.521 s | 0.285 s | 0.548 | |
+| offline, 32 images twice: stages | 1.28 img/s | 2.05 img/s | x1.60 | 0.50 (preprocess 0.50) |
+| offline, the same rows: Ray Data job | 1.03 img/s | 1.40 img/s | x1.36 | |
+
+The Ray Data job's figure includes starting its actors and loading the model in them; the
+stages' figure is one model actor's steady state. Only the turns that resend an image can
+gain: the first request of a session encodes it either way.
 """
 
 from __future__ import annotations

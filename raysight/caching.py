@@ -163,12 +163,12 @@ class EngineCaches:
     """The caches one engine owns, as its ModelSpec sizes them (None where turned off)."""
 
     def __init__(self, spec):
-        self.preprocess = ByteLRU(spec.preprocess_cache_bytes) if spec.preprocess_cache_bytes else None
-        self.vision = ByteLRU(spec.vision_cache_bytes) if spec.vision_cache_bytes else None
-        self.response = (
-            ByteLRU(spec.response_cache_bytes) if spec.response_cache and spec.response_cache_bytes
-            else None
-        )
+        def sized(max_bytes: int, enabled: bool = True) -> ByteLRU | None:
+            return ByteLRU(max_bytes) if enabled and max_bytes else None
+
+        self.preprocess = sized(spec.preprocess_cache_bytes)
+        self.vision = sized(spec.vision_cache_bytes)
+        self.response = sized(spec.response_cache_bytes, spec.response_cache)
 
     def stats(self) -> dict[str, CacheStats]:
         """Each enabled cache's counters, by cache name."""

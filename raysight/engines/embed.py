@@ -83,7 +83,8 @@ class EmbedEngine(Engine):
                 raise InvalidRequest("classification needs an image and a non-empty list of labels")
             if not all(isinstance(label, str) and label.strip() for label in labels):
                 raise InvalidRequest("every label must be a non-empty string")
-            return self._prepared_image("classify", load_image(request.image, self.spec.images), labels)
+            image = load_image(request.image, self.spec.images)
+            return self._prepared_image("classify", image, labels)
         if has_image:
             return self._prepared_image("image", load_image(request.image, self.spec.images))
         if not isinstance(request.text, str) or not request.text.strip():

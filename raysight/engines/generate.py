@@ -103,7 +103,9 @@ class GenerateEngine(Engine):
         if self.caches.vision is None or not accepts_encoder_outputs(self.model):
             self.caches.vision = None  # BLIP and others encode their pixels inside generate
             return None
-        return ImageFeatureCache(self.model, self.family, self.caches.vision, self.device, self.dtype)
+        return ImageFeatureCache(
+            self.model, self.family, self.caches.vision, self.device, self.dtype
+        )
 
     def cache_stats(self):
         """Hits, misses, evictions and bytes of each cache this engine has turned on."""

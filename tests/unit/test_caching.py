@@ -90,7 +90,8 @@ def test_processor_settings_are_part_of_the_key(engines, rng):
     processor = engines("qwen2-vl").processor.image_processor
     image = noise_image(rng, 64, 64)
     # Were the settings not in the key, the second call would get the first one's tensors.
-    small = processor([image], return_tensors="pt", size={"shortest_edge": 16, "longest_edge": 32 * 32})
+    small = processor([image], return_tensors="pt",
+                      size={"shortest_edge": 16, "longest_edge": 32 * 32})
     large = processor([image], return_tensors="pt")
     assert small["image_grid_thw"].tolist() != large["image_grid_thw"].tolist()
 
@@ -104,7 +105,8 @@ def test_cached_image_features_give_the_same_tokens(engines, rng, arch):
     the engine without caches does."""
     cached, plain = engines(arch), engines(arch, **OFF)
     assert cached.image_features is not None and plain.image_features is None
-    seen, other, new, newer = (noise_image(rng, *size) for size in [(32, 32), (48, 32), (40, 56), (33, 47)])
+    sizes = [(32, 32), (48, 32), (40, 56), (33, 47)]
+    seen, other, new, newer = (noise_image(rng, *size) for size in sizes)
     cached.run([chat(seen, "hi"), chat(other)])  # warms the cache with two images
     before = cached.cache_stats()["vision"]
     two_images = GenerateRequest(messages=[{"role": "user", "content": [
