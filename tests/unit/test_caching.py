@@ -202,8 +202,10 @@ def test_response_cache_answers_repeated_greedy_requests_only(engines, rng):
     assert (stats.hits, stats.misses) == (1, 1)
     assert again.token_ids == first.token_ids == plain.run([greedy])[0].token_ids
     assert "".join(streamed).strip() == again.text  # a cached answer still streams
-    # Another limit or another prompt is another request.
-    engine.run([chat(image, "hi", max_new_tokens=7), chat(image, "hello", max_new_tokens=8)])
+    # Another limit, prompt or image is another request.
+    other_image = noise_image(rng, 40, 40)
+    engine.run([chat(image, "hi", max_new_tokens=7), chat(image, "hello", max_new_tokens=8),
+                chat(other_image, "hi", max_new_tokens=8)])
     assert engine.cache_stats()["response"].hits == 1
 
     hot = chat(image, "hi", max_new_tokens=8, temperature=5.0, top_p=1.0)
@@ -211,7 +213,7 @@ def test_response_cache_answers_repeated_greedy_requests_only(engines, rng):
     draws = {tuple(engine.run([hot])[0].token_ids) for _ in range(3)}
     assert len(draws) > 1  # sampled every time, never the stored greedy answer
     stats = engine.cache_stats()["response"]
-    assert (stats.hits, stats.misses, stats.entries) == (1, 3, 3)
+    assert (stats.hits, stats.misses, stats.entries) == (1, 4, 4)
 
 
 # --- offline: one model actor encodes each distinct image once ---------------------------------
