@@ -41,7 +41,10 @@ class EngineRunner:
         from bench.payloads import PROMPT, data_url, jpeg_images
 
         use_all_cores()
-        self.engine = build_engine(ModelSpec(model=folder, max_batch_size=max_batch_size))
+        # Caches off: the ceiling is the model's work on images it has not seen (the
+        # servers get a new image with every request, see bench/loadgen.py).
+        self.engine = build_engine(ModelSpec(model=folder, max_batch_size=max_batch_size,
+                                             preprocess_cache_bytes=0, vision_cache_bytes=0))
         urls = [data_url(image) for image in jpeg_images(images, seed=1)]
         if self.engine.task == "embed":
             from raysight.engines.embed import EmbedRequest

@@ -3,7 +3,7 @@
 A client inside the process that holds the server (or the Ray driver) would slow what it
 measures, so ``LoadGenerator`` starts ``python -m bench.loadgen`` once and sends it one JSON
 line per measurement; the child answers with one JSON line of figures. Each measurement is
-bounded in time (a warm-up of at most 120 s, a window of ``seconds``, at most 120 s) and in
+bounded in time (warm-up, each window and the final wait: at most 120 s each) and in
 requests (``max_requests``).
 """
 
@@ -26,10 +26,10 @@ class Load:
     path: str  # /v1/embeddings or /v1/chat/completions
     model: str
     clients: int
-    seconds: float
+    seconds: float  # one window
+    windows: int  # consecutive windows: the repeats
     max_requests: int
     max_tokens: int = 16  # chat only
-    images: int = 64  # distinct images the clients cycle through
     image_size: int = 224
 
 
@@ -79,47 +79,61 @@ class LoadGenerator:
         self.close()
 
 
-_BODIES: dict[tuple, list[bytes]] = {}
+class _Bodies:
+    """A request body with a new image for every request: raysight caches processed images
+    and image features by their pixels, and traffic of distinct images must not hit them."""
 
+    def __init__(self, load: Load):
+        import numpy as np
 
-def _bodies(load: Load) -> list[bytes]:
-    from bench.payloads import chat_body, embedding_body, jpeg_images
+        self.load = load
+        self.rng = np.random.default_rng()  # a fresh stream per measurement
 
-    key = (load.path, load.model, load.images, load.image_size, load.max_tokens)
-    if key not in _BODIES:
-        images = jpeg_images(load.images, load.image_size, seed=1)
-        if load.path.endswith("/embeddings"):
-            bodies = [embedding_body(load.model, image) for image in images]
+    def next(self) -> bytes:
+        import io
+
+        from PIL import Image
+
+        from bench.payloads import chat_body, embedding_body
+
+        buffer = io.BytesIO()
+        coarse = Image.fromarray(self.rng.integers(0, 255, (6, 6, 3), dtype="uint8"))
+        side = self.load.image_size
+        coarse.resize((side, side), Image.BILINEAR).save(buffer, "JPEG", quality=90)
+        if self.load.path.endswith("/embeddings"):
+            body = embedding_body(self.load.model, buffer.getvalue())
         else:
-            bodies = [chat_body(load.model, image, load.max_tokens) for image in images]
-        _BODIES[key] = [json.dumps(body).encode() for body in bodies]
-    return _BODIES[key]
+            body = chat_body(self.load.model, buffer.getvalue(), self.load.max_tokens)
+        return json.dumps(body).encode()
 
 
 async def _measure(load: Load) -> dict:
     """Closed loop: each client sends its next request as soon as its last one is answered.
 
     Warm-up runs until every client has had an answer (the loop is then in steady state,
-    whatever the latency), then the window runs for ``seconds`` (and until at least one
-    answer arrives). Throughput is Little's law over the window's answers, clients / mean
-    latency: exact for a closed loop in steady state, and free of the quantisation a count
-    suffers when answers come in batches of 32 every few seconds. Requests still in flight
-    when the window closes are dropped.
+    whatever the latency); then ``windows`` windows of ``seconds`` each (each lasting until
+    at least one answer arrives) are the repeats; then the clients stop and the requests in
+    flight are waited for, so the server is idle when the next measurement starts.
+
+    Throughput is Little's law over a window's answers, clients / mean latency: exact for a
+    closed loop in steady state, and free of the quantisation a count suffers when answers
+    come in batches of 32 every few seconds.
     """
     import httpx
 
-    bodies = _bodies(load)
+    bodies = _Bodies(load)
     chat = "chat" in load.path
     answered: set[int] = set()
-    window: list[tuple[float, int, int]] = []  # (latency, tokens, batch size)
+    # Per window: (latency, completion tokens, batch size) of each answer.
+    windows: list[list[tuple[float, int, int]]] = []
     statuses: Counter = Counter()
     issued = 0
-    phase = {"window_start": None}
+    stop = False
 
     async def client(number: int, http: httpx.AsyncClient) -> None:
         nonlocal issued
-        while issued < load.max_requests:
-            body = bodies[(number + issued) % len(bodies)]
+        while not stop and issued < load.max_requests:
+            body = bodies.next()
             issued += 1
             sent = time.perf_counter()
             try:
@@ -131,40 +145,45 @@ async def _measure(load: Load) -> dict:
             statuses[response.status_code] += 1
             if response.status_code != 200:
                 continue
-            done = time.perf_counter()
             answered.add(number)
-            if phase["window_start"] is not None and done >= phase["window_start"]:
+            if windows and not stop:
                 tokens = response.json()["usage"]["completion_tokens"] if chat else 0
                 batch = int(response.headers.get("x-raysight-batch-size", 0))
-                window.append((done - sent, tokens, batch))
+                windows[-1].append((time.perf_counter() - sent, tokens, batch))
+
+    async def wait(condition, limit_s: float) -> None:
+        began = time.perf_counter()
+        while not condition() and time.perf_counter() - began < limit_s:
+            await asyncio.sleep(0.02)
 
     limits = httpx.Limits(max_connections=load.clients, max_keepalive_connections=load.clients)
     async with httpx.AsyncClient(timeout=300, limits=limits) as http:
         started = time.perf_counter()
         tasks = [asyncio.create_task(client(i, http)) for i in range(load.clients)]
-        while len(answered) < load.clients and time.perf_counter() - started < 120:
-            await asyncio.sleep(0.02)
-        phase["window_start"] = opened = time.perf_counter()
-        while (time.perf_counter() - opened < load.seconds or not window) and \
-                time.perf_counter() - opened < 120 and issued < load.max_requests:
-            await asyncio.sleep(0.02)
-        closed = time.perf_counter()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    latencies = [latency for latency, _, _ in window]
-    batches = [batch for _, _, batch in window if batch]
+        await wait(lambda: len(answered) == load.clients, 120)
+        warmup_s = time.perf_counter() - started
+        for _ in range(load.windows):
+            windows.append([])
+            opened = time.perf_counter()
+            await wait(lambda: time.perf_counter() - opened >= load.seconds and windows[-1],
+                       120)
+        stop = True
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 300)
+    return {"statuses": {str(k): v for k, v in statuses.items()}, "warmup_s": warmup_s,
+            "drain_s": time.perf_counter() - started - warmup_s,
+            "windows": [_figures(load.clients, answers) for answers in windows]}
+
+
+def _figures(clients: int, answers: list[tuple[float, int, int]]) -> dict:
+    latencies = [latency for latency, _, _ in answers]
+    batches = [batch for _, _, batch in answers if batch]
     mean_latency = sum(latencies) / len(latencies) if latencies else float("inf")
-    per_request_tokens = sum(t for _, t, _ in window) / len(window) if window else 0.0
-    requests_per_s = load.clients / mean_latency
+    requests_per_s = clients / mean_latency
+    tokens = sum(t for _, t, _ in answers) / len(answers) if answers else 0.0
     return {
-        "ok": len(window),
-        "statuses": {str(k): v for k, v in statuses.items()},
-        "warmup_s": opened - started,
-        "window_s": closed - opened,
+        "ok": len(answers),
         "requests_per_s": requests_per_s,
-        "counted_per_s": len(window) / (closed - opened),
-        "tokens_per_s": requests_per_s * per_request_tokens,
+        "tokens_per_s": requests_per_s * tokens,
         "p50_ms": 1000 * percentile(latencies, 0.50),
         "p99_ms": 1000 * percentile(latencies, 0.99),
         "mean_batch": sum(batches) / len(batches) if batches else None,

@@ -1,8 +1,10 @@
 """Online scenarios: raysight over HTTP against the model's ceiling (the engine in this
 process, batched, no HTTP), the Flask baseline, and raysight with max_batch_size=1.
 
-At each client count the variants take turns, in alternating order, for every repeat, so
-load from anything else on the machine falls on all of them alike.
+At each client count the variants run one after another, within a minute or two, so load
+from anything else on the machine falls on all of them much alike. Each HTTP variant's
+repeats are consecutive windows of one steady-state closed loop (bench/loadgen.py): a
+warm-up and a final wait per repeat would cost minutes at 32 clients of a slow server.
 """
 
 from __future__ import annotations
@@ -20,44 +22,42 @@ Measure = Callable[[int, float], dict]  # (clients, seconds) -> figures
 
 def _http(loadgen: LoadGenerator, url: str, path: str, model: str,
           settings: BenchSettings) -> Measure:
-    def measure(clients: int, seconds: float) -> dict:
+    def measure(clients: int, seconds: float) -> list[dict]:
         load = Load(url=url, path=path, model=model, clients=clients, seconds=seconds,
-                    max_requests=20 * clients + int(seconds * 500),
-                    max_tokens=settings.new_tokens)
+                    windows=settings.repeats, max_tokens=settings.new_tokens,
+                    max_requests=40 * clients + int(settings.repeats * seconds * 500))
         result = loadgen.run(load)
-        if result["ok"] == 0 or set(result["statuses"]) != {"200"}:
+        if set(result["statuses"]) != {"200"}:
             raise RuntimeError(f"{url}{path} ({model}) answered {result['statuses']}")
-        return result
+        return result["windows"]
 
     return measure
 
 
-def _ceiling(runner: EngineRunner, max_batch_size: int) -> Measure:
-    def measure(clients: int, seconds: float) -> dict:
+def _ceiling(runner: EngineRunner, max_batch_size: int, repeats: int) -> Measure:
+    def measure(clients: int, seconds: float) -> list[dict]:
         batch = min(clients, max_batch_size)
-        done = runner.measure(batch, seconds)
-        return {"requests_per_s": done.items_per_s, "tokens_per_s": done.tokens_per_s,
-                "p50_ms": done.batch_p50_ms, "p99_ms": done.batch_p99_ms,
-                "mean_batch": float(batch)}
+        figures = []
+        for _ in range(repeats):
+            done = runner.measure(batch, seconds)
+            figures.append({"requests_per_s": done.items_per_s,
+                            "tokens_per_s": done.tokens_per_s, "p50_ms": done.batch_p50_ms,
+                            "p99_ms": done.batch_p99_ms, "mean_batch": float(batch)})
+        return figures
 
     return measure
 
 
 def compare(scenario: str, variants: dict[str, Measure], clients_list: tuple[int, ...],
-            window_s: float, settings: BenchSettings, throughput_key: str,
-            throughput_metric: str, unit: str, log: Callable[[str], None]) -> list[dict]:
-    """Measure every variant at every client count, `settings.repeats` times, interleaved
-    (ABC, CBA, ...: a load that drifts during the run falls on every variant alike)."""
+            window_s: float, throughput_key: str, throughput_metric: str, unit: str,
+            log: Callable[[str], None]) -> list[dict]:
+    """Measure every variant at every client count, one after another (in alternating
+    order from one client count to the next), each giving one figure per repeat."""
     rows: list[dict] = []
     names = list(variants)
-    for clients in clients_list:
-        figures: dict[str, list[dict]] = {name: [] for name in names}
-        for repeat in range(settings.repeats):
-            order = names if repeat % 2 == 0 else names[::-1]
-            for name in order:
-                figures[name].append(variants[name](clients, window_s))
-        for name in names:
-            got = figures[name]
+    for step, clients in enumerate(clients_list):
+        for name in names if step % 2 == 0 else names[::-1]:
+            got = variants[name](clients, window_s)
             extra = {"clients": clients}
             rows.append(median_row(scenario, name, throughput_metric,
                                    [g[throughput_key] for g in got], unit=unit, **extra))
@@ -68,9 +68,8 @@ def compare(scenario: str, variants: dict[str, Measure], clients_list: tuple[int
             batches = [g["mean_batch"] for g in got if g.get("mean_batch")]
             if batches:
                 rows.append(median_row(scenario, name, "mean_batch", batches, **extra))
-            value = next(r["value"] for r in rows[::-1] if r["metric"] == throughput_metric
-                         and r["variant"] == name)
-            log(f"  {scenario} {name:14s} {clients:3d} clients: {value:8.1f} {unit}")
+            log(f"  {scenario} {name:14s} {clients:3d} clients: " + ", ".join(
+                f"{g[throughput_key]:.1f}" for g in got) + f" {unit}")
     return rows
 
 
@@ -84,13 +83,12 @@ def online_embeddings(folder: str, max_batch_size: int, settings: BenchSettings,
             flask_server(folder, "embed") as flask_url:
         variants = {
             "raysight": _http(loadgen, serve_url, path, "clip", settings),
-            "ceiling": _ceiling(runner, max_batch_size),
+            "ceiling": _ceiling(runner, max_batch_size, settings.repeats),
             "flask": _http(loadgen, flask_url, path, "clip", settings),
             "raysight_mbs1": _http(loadgen, serve_url, path, "clip-mbs1", settings),
         }
         return compare("online_embeddings", variants, settings.embed_clients,
-                       settings.embed_window_s, settings, "requests_per_s", "throughput",
-                       "img/s", log)
+                       settings.embed_window_s, "requests_per_s", "throughput", "img/s", log)
 
 
 def online_generation(folder: str, settings: BenchSettings,
@@ -104,10 +102,9 @@ def online_generation(folder: str, settings: BenchSettings,
             flask_server(folder, "generate") as flask_url:
         variants = {
             "raysight": _http(loadgen, serve_url, path, "vlm", settings),
-            "ceiling": _ceiling(runner, max_batch_size),
+            "ceiling": _ceiling(runner, max_batch_size, settings.repeats),
             "flask": _http(loadgen, flask_url, path, "vlm", settings),
             "raysight_mbs1": _http(loadgen, serve_url, path, "vlm-mbs1", settings),
         }
         return compare("online_generation", variants, settings.chat_clients,
-                       settings.chat_window_s, settings, "tokens_per_s", "tokens_per_s",
-                       "tok/s", log)
+                       settings.chat_window_s, "tokens_per_s", "tokens_per_s", "tok/s", log)

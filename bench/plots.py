@@ -74,18 +74,22 @@ def _clients_plot(scenario: str, rows: list[dict], folder: Path, note: str) -> P
 
 def _sweep_plot(rows: list[dict], folder: Path, note: str) -> Path:
     plt = _pyplot()
-    points = sorted((r["batch"], r["value"]) for r in rows if r["metric"] == "throughput")
-    best = next((r["value"] for r in rows if r["metric"] == "best_batch"), None)
-    figure, axis = plt.subplots(figsize=(6, 4))
-    axis.plot(*zip(*points), marker="o")
-    if best is not None:
-        axis.axvline(best, color="tab:green", linestyle=":", label=f"chosen: {best}")
-        axis.legend()
-    axis.set(xscale="log", xlabel="batch size", ylabel="images/s (forward only)",
-             title=f"batch-size sweep - {note}")
-    axis.set_xscale("log", base=2)
-    axis.set_ylim(bottom=0)
-    axis.grid(alpha=0.3)
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    figure, axes = plt.subplots(1, len(variants), figsize=(5.5 * len(variants), 4),
+                                squeeze=False)
+    for axis, variant in zip(axes[0], variants):
+        mine = [r for r in rows if r["variant"] == variant]
+        points = sorted((r["batch"], r["value"]) for r in mine if r["metric"] == "throughput")
+        best = next((r["value"] for r in mine if r["metric"] == "best_batch"), None)
+        axis.plot(*zip(*points), marker="o")
+        if best is not None:
+            axis.axvline(best, color="tab:green", linestyle=":", label=f"chosen: {best}")
+            axis.legend()
+        axis.set(xlabel="batch size", ylabel="images/s (forward only)", title=variant)
+        axis.set_xscale("log", base=2)
+        axis.set_ylim(bottom=0)
+        axis.grid(alpha=0.3)
+    figure.suptitle(f"batch-size sweep - {note}", fontsize=10)
     figure.tight_layout()
     return _save(figure, folder / "batch_sweep.png")
 

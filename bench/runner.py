@@ -62,7 +62,8 @@ def _previous_best_batch(out: Path) -> int:
     """The best batch size a previous run's sweep recorded (when only other scenarios run)."""
     try:
         rows = json.loads((out / "latest.json").read_text())["rows"]
-        return int(next(r["value"] for r in rows if r["metric"] == "best_batch"))
+        return int(next(r["value"] for r in rows if r["metric"] == "best_batch"
+                        and r["variant"] == "embed_forward"))
     except (OSError, ValueError, KeyError, StopIteration):
         return DEFAULT_EMBED_BATCH
 
@@ -105,6 +106,9 @@ def run(options: RunOptions, log: Callable[[str], None] = print) -> dict:
         began = time.perf_counter()
         sweep_rows, best = batch_sweep(embed, settings, log)
         rows.extend(sweep_rows)
+        if not settings.quick:  # tiny and fast: a short window is enough
+            rows.extend(batch_sweep("builtin:shapes-clip", settings, log,
+                                    variant="builtin_shapes_clip", window_s=0.3)[0])
         timings["batch_sweep"] = round(time.perf_counter() - began, 1)
     log(f"embed max_batch_size: {best}")
     if "cold_start" in chosen:
