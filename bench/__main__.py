@@ -10,6 +10,11 @@ from pathlib import Path
 # Before torch is imported anywhere: idle OpenMP threads sleep (as in raysight's replicas)
 # instead of spinning on the cores the servers under test need.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Ray starts its workers at nice 15. On a machine shared with anything at nice 0, the Serve
+# replicas and the job's actors would then get a few % of a contended core while the Flask
+# baseline, the plain loop and the in-process ceiling (all nice 0) get the rest: compare
+# like with like. Read by the raylet when this process starts Ray.
+os.environ.setdefault("RAY_worker_niceness", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
