@@ -150,9 +150,18 @@ def read_table(source: InputSource, num_cpus: float) -> "ray.data.Dataset":
         "csv": ray.data.read_csv,
         "json": ray.data.read_json,
     }
-    return readers[source.format](
-        list(source.files), filesystem=source.filesystem, num_cpus=num_cpus
-    )
+    context = ray.data.DataContext.get_current()
+    # Ray 2.60 reads Parquet through a ListFiles task that reserves a whole CPU whatever
+    # num_cpus says; with the model and preprocess pools holding their share of a small
+    # cluster (1.5 of 2 CPUs) it never starts and the job waits forever. The older reader
+    # honours num_cpus, and the files are listed already.
+    previous, context.use_datasource_v2 = context.use_datasource_v2, False
+    try:
+        return readers[source.format](
+            list(source.files), filesystem=source.filesystem, num_cpus=num_cpus
+        )
+    finally:
+        context.use_datasource_v2 = previous
 
 
 @dataclass(frozen=True)
