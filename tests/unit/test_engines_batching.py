@@ -21,6 +21,8 @@ PROMPTS = [
 ]
 SIZES = [(32, 32), (48, 32), (64, 64), (40, 56), (33, 47)]
 NEW_TOKENS = 6
+# Every run encodes its images afresh: a cached feature would make "alone" reuse "batched".
+NO_CACHES = dict(preprocess_cache_bytes=0, vision_cache_bytes=0)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,8 @@ def engines(tiny_models):
 
     def get(arch: str):
         if arch not in cache:
-            cache[arch] = build_engine(ModelSpec(model=tiny_models[arch], max_batch_size=8))
+            spec = ModelSpec(model=tiny_models[arch], max_batch_size=8, **NO_CACHES)
+            cache[arch] = build_engine(spec)
         return cache[arch]
 
     return get
@@ -162,7 +165,7 @@ def test_one_bad_item_fails_alone(engines, rng):
 
 
 def test_clip_batched_vectors_equal_single_vectors(tiny_models, rng):
-    engine = build_engine(ModelSpec(model=tiny_models["clip"]))
+    engine = build_engine(ModelSpec(model=tiny_models["clip"], **NO_CACHES))
     requests = [
         EmbedRequest(image=noise_image(rng, 32, 32)),
         EmbedRequest(text="a red circle"),
