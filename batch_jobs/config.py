@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from raysight.paths import absolute
 from raysight.spec import ModelSpec
 
 JobName = Literal["caption", "embed", "classify"]
@@ -104,6 +105,12 @@ class JobConfig(BaseModel):
         None, description="Ray cluster to connect to when Ray is not initialised yet (default: "
         "RAY_ADDRESS, else a running cluster, else a new local one)."
     )
+
+    @field_validator("input", "output", "image_root")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        # Read and written by Ray workers, whose working folder is not the caller's.
+        return None if value is None else absolute(value)
 
     @model_validator(mode="after")
     def _job_settings(self) -> "JobConfig":

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from raysight.errors import ConfigError
+from raysight.paths import absolute_if_exists
 
 Task = Literal["generate", "embed"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
@@ -166,7 +167,7 @@ class ModelSpec(_Frozen):
     def _model_not_empty(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("model must name a Hugging Face id, a local folder or builtin:NAME")
-        return value
+        return absolute_if_exists(value)  # a relative folder means the same in every process
 
     @property
     def served_name(self) -> str:

@@ -12,9 +12,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raysight.errors import ConfigError
+from raysight.paths import absolute
 from raysight.spec import ModelSpec
 
 
@@ -135,9 +136,14 @@ class IndexConfig(_Frozen):
         "to the only embed model, or the one named in the index's meta.json.",
     )
 
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        return absolute(value)  # replicas open it from their own working folder
+
     @property
     def index_name(self) -> str:
-        return self.name or Path(self.path).resolve().name
+        return self.name or Path(self.path).name
 
 
 class IngressOptions(_Frozen):

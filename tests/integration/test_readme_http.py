@@ -1,11 +1,11 @@
 """The README's examples, run: its offline Python example (as a user runs a script: its own
 Ray, in the README's working folder), then its `raysight serve` command's app on the
-session's Ray, and every curl and OpenAI-client example against it. The only changes are a
-free port for localhost:8000 and the index folder made absolute (the session's Ray does not
-run in the README's working folder)."""
+session's Ray, and every curl and OpenAI-client example against it. The only change is a
+free port for localhost:8000."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shlex
@@ -73,12 +73,9 @@ def server(ray_session, workdir):
 
     [command] = [line for block in code_blocks("bash", section("Online"))
                  for line in block.splitlines() if line.startswith("raysight serve")]
-    config = config_from_arguments(build_parser().parse_args(shlex.split(command)[2:]))
-    data = config.model_dump()
-    data["port"] = free_port()
-    for index in data["indexes"]:
-        index["path"] = str(workdir / index["path"])
-    config = ServeConfig.model_validate(data)
+    with contextlib.chdir(workdir):  # typed where the README's examples run
+        config = config_from_arguments(build_parser().parse_args(shlex.split(command)[2:]))
+    config = ServeConfig.model_validate({**config.model_dump(), "port": free_port()})
     start_serving(config)
     yield config.port
     serve.delete(config.app_name)
