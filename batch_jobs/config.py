@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from raysight.paths import absolute
-from raysight.spec import ModelSpec
+from raysight.spec import ModelSpec, validate_config
 
 JobName = Literal["caption", "embed", "classify"]
 InputFormat = Literal["auto", "images", "parquet", "csv", "json"]
@@ -134,19 +134,7 @@ class JobConfig(BaseModel):
 
 def make_job_config(**fields) -> JobConfig:
     """Build a JobConfig, turning validation errors into a ConfigError a person can act on."""
-    from pydantic import ValidationError
-
-    from raysight.errors import ConfigError
-
-    try:
-        return JobConfig.model_validate(fields)
-    except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            where = ".".join(str(part) for part in error["loc"])
-            message = error["msg"].removeprefix("Value error, ")
-            problems.append(f"{where}: {message}" if where else message)
-        raise ConfigError("invalid job settings: " + "; ".join(problems)) from None
+    return validate_config(JobConfig, fields, "job settings")
 
 
 def job_config_for(job: str, model, input: str, output: str | None = None, **options) -> JobConfig:

@@ -186,14 +186,26 @@ class ModelSpec(_Frozen):
     @classmethod
     def from_mapping(cls, data: object, source: str = "config") -> "ModelSpec":
         """Build a spec from a plain mapping, turning validation errors into ConfigError."""
-        from pydantic import ValidationError
+        return validate_config(cls, data, source)
 
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a mapping of ModelSpec fields")
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise ConfigError(f"{source}: invalid model spec:\n{exc}") from None
+
+def validate_config(model: type[BaseModel], data: object, source: str) -> BaseModel:
+    """`model` built from a plain mapping; what is wrong becomes one ConfigError that names
+    `source` (a file, "command line", ...) and each bad field by its dotted path."""
+    from pydantic import ValidationError
+
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of {model.__name__} fields, "
+                          f"got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"{where}: {message}" if where else message)
+        raise ConfigError(f"{source}: invalid {model.__name__}: " + "; ".join(problems)) from None
 
 
 def _read_yaml(path: str | Path) -> object:

@@ -12,11 +12,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from raysight.errors import ConfigError
 from raysight.paths import absolute
-from raysight.spec import ModelSpec
+from raysight.spec import ModelSpec, validate_config
 
 
 MIN_ONGOING_REQUESTS = 32
@@ -239,18 +239,10 @@ class ServeConfig(_Frozen):
     @classmethod
     def from_mapping(cls, data: object, source: str = "serve config") -> "ServeConfig":
         """Build a config from a plain mapping, turning validation errors into ConfigError."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a mapping of ServeConfig fields")
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise ConfigError(f"{source}: invalid serve config:\n{exc}") from None
+        return validate_config(cls, data, source)
 
     @classmethod
     def for_specs(cls, specs: list[ModelSpec], **fields: Any) -> "ServeConfig":
         """A config serving `specs` with default deployment options."""
         models = [ServedModel(spec=spec) for spec in specs]
-        try:
-            return cls(models=models, **fields)
-        except ValidationError as exc:
-            raise ConfigError(f"invalid serve settings:\n{exc}") from None
+        return validate_config(cls, {"models": models, **fields}, "serve settings")
