@@ -98,7 +98,8 @@ def online_generation(folder: str, settings: BenchSettings,
     runner = EngineRunner(folder, max_batch_size, max_tokens=settings.new_tokens)
     path = "/v1/chat/completions"
     with LoadGenerator() as loadgen, \
-            raysight_server(folder, "vlm", max_batch_size, settings.max_clients) as serve_url, \
+            raysight_server(folder, "vlm", max_batch_size, settings.max_clients,
+                            settings.chat_batch_wait_s) as serve_url, \
             flask_server(folder, "generate") as flask_url:
         variants = {
             "raysight": _http(loadgen, serve_url, path, "vlm", settings),

@@ -96,27 +96,30 @@ def run(options: RunOptions, log: Callable[[str], None] = print) -> dict:
         began = time.perf_counter()
         rows.extend(step())
         timings[name] = round(time.perf_counter() - began, 1)
+        # What is done so far survives a run that is stopped or fails later.
+        write_json(options.out / "partial.json", {"scenario_seconds": timings, "rows": rows})
 
     embed, vlm = models["embed"].folder, models["generate"].folder
     best = _previous_best_batch(options.out)
     if "batch_sweep" in chosen:
         from bench.sweep import batch_sweep
 
-        log("== batch_sweep")
-        began = time.perf_counter()
-        sweep_rows, best = batch_sweep(embed, settings, log)
-        rows.extend(sweep_rows)
-        if not settings.quick:  # tiny and fast: a short window is enough
-            rows.extend(batch_sweep("builtin:shapes-clip", settings, log,
-                                    variant="builtin_shapes_clip", window_s=0.3)[0])
-        timings["batch_sweep"] = round(time.perf_counter() - began, 1)
+        def sweep() -> list[dict]:
+            nonlocal best
+            sweep_rows, best = batch_sweep(embed, settings, log)
+            if not settings.quick:  # tiny and fast: a short window is enough
+                sweep_rows += batch_sweep("builtin:shapes-clip", settings, log,
+                                          variant="builtin_shapes_clip", window_s=0.3)[0]
+            return sweep_rows
+
+        timed("batch_sweep", sweep)
     log(f"embed max_batch_size: {best}")
     if "cold_start" in chosen:
         from bench.coldstart import cold_start
 
         timed("cold_start", lambda: cold_start(embed, settings, log))
     if chosen & RAY_SCENARIOS:
-        rows.extend(_ray_scenarios(chosen, embed, vlm, best, settings, log, timings))
+        _ray_scenarios(chosen, embed, vlm, best, settings, log, timed)
     targets = evaluate_targets(rows, {r["scenario"] for r in rows})
     info["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     payload = {
@@ -138,16 +141,8 @@ def run(options: RunOptions, log: Callable[[str], None] = print) -> dict:
 
 def _ray_scenarios(chosen: set[str], embed: str, vlm: str, best: int,
                    settings: BenchSettings, log: Callable[[str], None],
-                   timings: dict[str, float]) -> list[dict]:
+                   timed: Callable[[str, Callable[[], list[dict]]], None]) -> None:
     import ray
-
-    rows: list[dict] = []
-
-    def timed(name: str, step: Callable[[], list[dict]]) -> None:
-        log(f"== {name}")
-        began = time.perf_counter()
-        rows.extend(step())
-        timings[name] = round(time.perf_counter() - began, 1)
 
     ray.init(address="local", log_to_driver=False, include_dashboard=False,
              configure_logging=False)
@@ -179,7 +174,6 @@ def _ray_scenarios(chosen: set[str], embed: str, vlm: str, best: int,
                 timed("caching", lambda: [dict(r) for r in module.run(settings.quick)])
     finally:
         ray.shutdown()
-    return rows
 
 
 def _report(payload: dict, options: RunOptions, log: Callable[[str], None]) -> dict:
@@ -198,6 +192,7 @@ def _report(payload: dict, options: RunOptions, log: Callable[[str], None]) -> d
         payload["rows"] = rows = kept + rows
         payload["targets"] = evaluate_targets(rows, {r["scenario"] for r in rows})
     write_json(previous, payload)
+    (out / "partial.json").unlink(missing_ok=True)
     m = payload["machine"]
     note = f"{m['cpu_cores']} CPU cores, {'GPU' if m['gpu'] else 'no GPU'}, torch {m['torch']}"
     plots = plot_all(rows, payload["targets"], out, note)

@@ -49,9 +49,10 @@ def wait_until_up(url: str, timeout_s: float, process: subprocess.Popen | None =
 
 @contextmanager
 def raysight_server(folder: str, name: str, max_batch_size: int, max_clients: int,
-                    ) -> Iterator[str]:
-    """raysight on the Ray this process runs: model `name` at `max_batch_size` and
-    `name`-mbs1 at max_batch_size 1, both with the default deployment options."""
+                    batch_wait_s: float | None = None) -> Iterator[str]:
+    """raysight on the Ray this process runs: model `name` at `max_batch_size` (and
+    `batch_wait_s`, default the ModelSpec's) and `name`-mbs1 at max_batch_size 1, both with
+    the default deployment options."""
     from ray import serve
 
     from raysight.spec import ModelSpec
@@ -61,7 +62,9 @@ def raysight_server(folder: str, name: str, max_batch_size: int, max_clients: in
     # Room for every client: the 503s of a full queue would be measured as errors.
     deployment = {"max_queued_requests": 4 * max_clients}
     models = [
-        ServedModel(spec=ModelSpec(model=folder, name=name, max_batch_size=max_batch_size),
+        ServedModel(spec=ModelSpec(model=folder, name=name, max_batch_size=max_batch_size,
+                                   **({} if batch_wait_s is None
+                                      else {"batch_wait_timeout_s": batch_wait_s})),
                     deployment=deployment),
         ServedModel(spec=ModelSpec(model=folder, name=f"{name}-mbs1", max_batch_size=1),
                     deployment=deployment),

@@ -19,6 +19,7 @@ class BenchSettings:
     chat_window_s: float = 3.0
     new_tokens: int = 16
     chat_max_batch_size: int = 32  # one batch holds every client of the 32-client point
+    chat_batch_wait_s: float | None = None  # the ModelSpec's batch_wait_timeout_s if None
     sweep_batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     sweep_window_s: float = 1.5
     offline_images: int = 5000
