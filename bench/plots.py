@@ -129,7 +129,7 @@ def _targets_plot(targets: list[dict], folder: Path, note: str) -> Path:
         score = _score(target)
         colour = "tab:green" if target["status"] == "PASS" else "tab:red"
         axis.barh(index, score, color=colour)
-        axis.text(score, index, f" {target['measured']:.2f} (target {target['threshold']})",
+        axis.text(score, index, f" {target['measured']:.3g} (target {target['threshold']})",
                   va="center", fontsize=8)
     axis.axvline(1.0, color="black", linewidth=1)
     axis.set_yticks(range(len(shown)), [t["target"] for t in shown], fontsize=8)

@@ -25,7 +25,7 @@ def _number(value: float) -> str:
 def targets_table(payload: dict) -> str:
     lines = ["| target | measured | status |", "|---|---|---|"]
     for target in payload["targets"]:
-        measured = "-" if target["measured"] is None else f"{target['measured']:.2f}"
+        measured = "-" if target["measured"] is None else f"{target['measured']:.3f}"
         lines.append(f"| {target['target']} {target['threshold']} | {measured} | "
                      f"{target['status']} |")
     return "\n".join(lines)

@@ -46,3 +46,24 @@ def test_quick_bench_writes_json_and_plots(tmp_path):
     for scenario in SCENARIOS + ("targets",):
         assert (tmp_path / f"{scenario}.png").stat().st_size > 10_000
     assert "targets:" in done.stdout
+
+
+def test_readme_benchmarks_section_shows_committed_results():
+    """The README's Benchmarks section (excluded from the README command checks) shows
+    plots that exist and names only scenarios `python -m bench --only` accepts."""
+    import re
+
+    from bench.runner import SCENARIOS
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"^## Benchmarks\n(.*?)(?=^## |\Z)", text, flags=re.M | re.S)
+    assert match, "the README has no Benchmarks section"
+    section = match.group(1)
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", section)
+    for image in images:
+        assert (ROOT / image).is_file(), image
+    named = re.findall(r"`(\w+)`", section)
+    assert {"online_embeddings", "offline_embed"} <= set(named)
+    results = json.loads((ROOT / "bench" / "results" / "latest.json").read_text())
+    assert results["quick"] is False
+    assert {r["scenario"] for r in results["rows"]} >= set(SCENARIOS) - {"caching"}
