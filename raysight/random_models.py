@@ -1,106 +1,20 @@
 """Build randomly initialised models of real architectures, offline, into a folder.
 
-Nothing here touches a model hub: tokenizers are trained on local text with the
-`tokenizers` library, image processors and configs are built from their classes. Tests use
-the tiny sizes (a second each, ~1 MB); the benchmarks use realistic sizes. The folders load
-through the same `from_pretrained` path as any Hugging Face model.
+Nothing here touches a model hub: tokenizers are trained on local text
+(``raysight.random_tokenizers``), image processors and configs are built from their classes.
+Tests use the tiny sizes (a second each, ~1 MB); the benchmarks use realistic sizes. The
+folders load through the same `from_pretrained` path as any Hugging Face model.
 """
 
 from __future__ import annotations
 
-import glob
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-# The text the tokenizers learn from: licence texts every Debian system ships, plus a few
-# words the tests' prompts use, so no run depends on a download.
-_CORPUS_GLOB = "/usr/share/common-licenses/*"
-_EXTRA_TEXT = (
-    "describe the image . what shape is this ? what color is the shape ? "
-    "a red circle a green square a blue triangle a yellow circle hello world photo of a cat"
-)
-
-QWEN_SPECIAL = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-]
-
-# A Qwen2-VL style chat template: images become <|vision_start|><|image_pad|><|vision_end|>.
-QWEN_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-# A LLaVA-1.5 style template: "USER: <image>\n... ASSISTANT:".
-LLAVA_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}USER: {% elif message['role'] == 'assistant' %}ASSISTANT: "
-    "{% else %}{{ message['role'] | upper }}: {% endif %}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<image>\n{% elif part['type'] == 'text' %}{{ part['text'] }}"
-    "{% endif %}{% endfor %}{% endif %}"
-    "{% if message['role'] == 'assistant' %}</s>{% endif %}\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
-
-
-def _corpus() -> list[str]:
-    lines = [_EXTRA_TEXT] * 20
-    for path in sorted(glob.glob(_CORPUS_GLOB))[:12]:
-        try:
-            with open(path, encoding="utf-8", errors="ignore") as handle:
-                lines.extend(handle.read().splitlines())
-        except (IsADirectoryError, PermissionError):
-            continue
-    return lines
-
-
-def _byte_level_tokenizer(vocab_size: int, special_tokens: list[str]):
-    """A byte-level BPE (GPT-2 / Qwen / CLIP family style) trained on local text."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=special_tokens,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(_corpus(), trainer=trainer)
-    return tokenizer
-
-
-def _wordpiece_tokenizer(vocab_size: int, special_tokens: list[str]):
-    """A lowercase WordPiece (BERT family style) trained on local text."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=special_tokens, show_progress=False
-    )
-    tokenizer.train_from_iterator(_corpus(), trainer=trainer)
-    return tokenizer
-
+from raysight.random_tokenizers import (LLAVA_CHAT_TEMPLATE, QWEN_CHAT_TEMPLATE, QWEN_SPECIAL,
+                                        byte_level_tokenizer, clip_tokenizer, qwen_tokenizer,
+                                        wordpiece_tokenizer)
 
 @dataclass(frozen=True)
 class RandomModelSize:
@@ -140,26 +54,13 @@ QWEN2_VL_BENCH = RandomModelSize(
 NAMED_SIZES = {"tiny": TINY, "clip-vit-b32": CLIP_VIT_B32, "qwen2-vl-bench": QWEN2_VL_BENCH}
 
 
-def _qwen_tokenizer(size: RandomModelSize):
-    from transformers import PreTrainedTokenizerFast
-
-    raw = _byte_level_tokenizer(size.vocab, QWEN_SPECIAL)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=raw,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
-        chat_template=QWEN_CHAT_TEMPLATE,
-    )
-
-
 def _build_qwen2_vl(folder: Path, size: RandomModelSize, version: str) -> None:
     import torch
     from transformers import Qwen2VLImageProcessorPil
 
     from raysight.families.qwen2_vl import Qwen2VLImageOnlyProcessor
 
-    tokenizer = _qwen_tokenizer(size)
+    tokenizer = qwen_tokenizer(size.vocab)
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in QWEN_SPECIAL}
     # Small pixel budget: a 32x32 image is 4 merged patches = 4 image tokens.
     image_processor = Qwen2VLImageProcessorPil(
@@ -248,7 +149,7 @@ def _build_llava(folder: Path, size: RandomModelSize) -> None:
     )
 
     special = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
-    raw = _byte_level_tokenizer(size.vocab, special)
+    raw = byte_level_tokenizer(size.vocab, special)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=raw,
         bos_token="<s>",
@@ -321,7 +222,7 @@ def _build_blip(folder: Path, size: RandomModelSize) -> None:
     )
 
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
-    raw = _wordpiece_tokenizer(size.vocab, special)
+    raw = wordpiece_tokenizer(size.vocab, special)
     tokenizer = BertTokenizerFast(tokenizer_object=raw, bos_token="[DEC]", do_lower_case=True)
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in special}
     config = BlipConfig(
@@ -367,8 +268,8 @@ def _build_clip(folder: Path, size: RandomModelSize) -> None:
     )
 
     special = ["<|startoftext|>", "<|endoftext|>"]
-    raw = _byte_level_tokenizer(size.vocab, special)
-    tokenizer = _clip_tokenizer(raw)
+    raw = byte_level_tokenizer(size.vocab, special)
+    tokenizer = clip_tokenizer(raw)
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in special}
     config = CLIPConfig(
         text_config=dict(
@@ -400,23 +301,6 @@ def _build_clip(folder: Path, size: RandomModelSize) -> None:
     )
     del CLIPTokenizerFast
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
-
-
-def _clip_tokenizer(raw):
-    """Wrap a byte-level BPE so every text is framed <|startoftext|> ... <|endoftext|>."""
-    from tokenizers import processors
-    from transformers import PreTrainedTokenizerFast
-
-    bos, eos = "<|startoftext|>", "<|endoftext|>"
-    raw.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A {eos}",
-        pair=f"{bos} $A {eos} $B {eos}",
-        special_tokens=[(bos, raw.token_to_id(bos)), (eos, raw.token_to_id(eos))],
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=raw, bos_token=bos, eos_token=eos, pad_token=eos, unk_token=eos,
-        model_max_length=77,
-    )
 
 
 ARCHITECTURES: dict[str, Callable[[Path, RandomModelSize], None]] = {
