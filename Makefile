@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export RAY_AUTH_MODE ?= disabled
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test unit integration bench clean
+.PHONY: setup demo test unit integration bench bench-caching clean
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,9 @@ integration: setup
 
 bench: setup
 	$(BIN)/python -m bench
+
+bench-caching: setup
+	$(BIN)/python -m bench --only caching
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -22,20 +22,21 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.runner import SCENARIOS, RunOptions, run
+    from bench.runner import DEFAULT_SCENARIOS, SCENARIOS, RunOptions, run
     from bench.settings import FULL, QUICK
 
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true",
                         help="tiny models and short windows: a smoke test (~1 min)")
     parser.add_argument("--only", action="append", choices=SCENARIOS, metavar="SCENARIO",
-                        help=f"run only this scenario (repeatable): {', '.join(SCENARIOS)}")
+                        help=f"run only this scenario (repeatable): {', '.join(SCENARIOS)}; "
+                        f"default: all but caching")
     parser.add_argument("--out", type=Path,
                         help="results folder (default: bench/results, bench/results/quick "
                         "with --quick)")
     args = parser.parse_args(argv)
     out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
-    scenarios = tuple(args.only) if args.only else SCENARIOS
+    scenarios = tuple(args.only) if args.only else DEFAULT_SCENARIOS
     run(RunOptions(settings=QUICK if args.quick else FULL, scenarios=scenarios, out=out))
     return 0
 

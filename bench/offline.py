@@ -96,19 +96,27 @@ def offline_embed(model_folder: str, batch: int, torch_threads: int | None,
                   settings: BenchSettings, log: Callable[[str], None]) -> list[dict]:
     """The job over every image (`offline_repeats` passes; a pass over 5,000 images takes
     minutes) and the plain loop over a time-bounded prefix of them, in `repeats` stretches
-    (its rate does not depend on how many images it is given)."""
+    (its rate does not depend on how many images it is given): all but one before the job,
+    the last one after it."""
     images = jpeg_folder(settings.offline_images)
     job_figures: list[float] = []
     details: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench-offline-") as scratch:
-        loop_figures = plain_loop(model_folder, images, Path(scratch) / "loop", batch,
-                                  settings.repeats, settings.offline_loop_segment_s)
-        log("  plain loop: " + ", ".join(f"{rate:.1f}" for rate in loop_figures) + " images/s")
+        # The loop's stretches bracket the job (before and after it), so a machine that is
+        # slower or faster for a while falls on both sides of the ratio.
+        def loop(segments: int, name: str) -> list[float]:
+            rates = plain_loop(model_folder, images, Path(scratch) / name, batch, segments,
+                               settings.offline_loop_segment_s)
+            log("  plain loop: " + ", ".join(f"{rate:.1f}" for rate in rates) + " images/s")
+            return rates
+
+        loop_figures = loop(max(1, settings.repeats - 1), "loop-before")
         for repeat in range(settings.offline_repeats):
             figure, details = embed_job(model_folder, images, Path(scratch) / f"job-{repeat}",
                                         batch, torch_threads)
             job_figures.append(figure)
             log(f"  embed job: {figure:.1f} images/s ({details['plan']})")
+        loop_figures += loop(1, "loop-after")
     extra = {"batch": batch}
     return [
         median_row(SCENARIO, "embed_job", "images_per_s", job_figures, unit="img/s",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from bench.bounds import cpu_split, generation_split
 from bench.inprocess import EngineRunner
 from bench.loadgen import Load, LoadGenerator
 from bench.report import median_row
@@ -87,8 +88,15 @@ def online_embeddings(folder: str, max_batch_size: int, settings: BenchSettings,
             "flask": _http(loadgen, flask_url, path, "clip", settings),
             "raysight_mbs1": _http(loadgen, serve_url, path, "clip-mbs1", settings),
         }
-        return compare("online_embeddings", variants, settings.embed_clients,
+        rows = compare("online_embeddings", variants, settings.embed_clients,
                        settings.embed_window_s, "requests_per_s", "throughput", "img/s", log)
+        # One more raysight run at the target's 32 clients, to see where the cores go.
+        clients = 32 if 32 in settings.embed_clients else max(settings.embed_clients)
+        split, _ = cpu_split(lambda: variants["raysight"](clients, settings.embed_window_s),
+                             clients)
+        log("  cores while raysight serves: " + ", ".join(
+            f"{r['variant']} {r['value']:.2f}" for r in split))
+        return rows + split
 
 
 def online_generation(folder: str, settings: BenchSettings,
@@ -107,5 +115,12 @@ def online_generation(folder: str, settings: BenchSettings,
             "flask": _http(loadgen, flask_url, path, "vlm", settings),
             "raysight_mbs1": _http(loadgen, serve_url, path, "vlm-mbs1", settings),
         }
-        return compare("online_generation", variants, settings.chat_clients,
+        rows = compare("online_generation", variants, settings.chat_clients,
                        settings.chat_window_s, "tokens_per_s", "tokens_per_s", "tok/s", log)
+    # Where a batched generate's time goes (no servers running: the model has the machine).
+    first_token = EngineRunner(folder, max_batch_size, max_tokens=1)
+    split = generation_split(runner, first_token, (1, max(settings.chat_clients)),
+                             settings.repeats, settings.chat_window_s)
+    log("  generate split: " + ", ".join(
+        f"{r['variant']} {r['metric']} {r['value']:.3g}" for r in split))
+    return rows + split

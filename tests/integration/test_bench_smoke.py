@@ -31,7 +31,12 @@ def test_quick_bench_writes_json_and_plots(tmp_path):
 
     payload = json.loads((tmp_path / "latest.json").read_text())
     assert payload["quick"] is True
-    assert {row["scenario"] for row in payload["rows"]} == set(SCENARIOS)
+    # The online embeddings also record where the cores went (bench/bounds.py).
+    assert {row["scenario"] for row in payload["rows"]} == set(SCENARIOS) | {
+        "embeddings_cpu_split"}
+    cores = {r["variant"]: r["value"] for r in payload["rows"]
+             if r["scenario"] == "embeddings_cpu_split"}
+    assert cores["model replica"] > 0.1 and cores["all processes"] >= cores["model replica"]
     for row in payload["rows"]:
         assert {"scenario", "variant", "metric", "value"} <= set(row)
     online = {(r["variant"], r["metric"]) for r in payload["rows"]

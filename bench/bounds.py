@@ -1,0 +1,109 @@
+"""Figures that show what bounds the online targets against the Flask baseline.
+
+- `generation_split`: a batched ``generate`` timed with 16 new tokens and with 1 (the
+  vision tower and the prompt's prefill, which are compute-bound and gain little from
+  batching), at batch 1 and at the largest batch. From them, the tokens/s that batch would
+  reach if decoding cost nothing: no server can pass that on this machine.
+- `embeddings_cpu_split`: where the machine's cores go while raysight serves 32 embedding
+  clients (CPU seconds per process group over wall seconds, read from /proc): the model
+  replica's share is what the forward gets; the rest is HTTP, Serve's proxy, the ingress,
+  Ray's own processes and the load generator.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
+
+from bench.inprocess import EngineRunner
+from bench.report import median_row, row
+
+GENERATION = "generation_split"
+CPU = "embeddings_cpu_split"
+
+
+def generation_split(full: EngineRunner, first_token: EngineRunner, batches: tuple[int, ...],
+                     repeats: int, window_s: float) -> list[dict]:
+    """ms per batch of `full`'s requests and of `first_token`'s (the same requests with 1
+    new token), medians of `repeats`, per batch size; the prefill's share of the batch; and
+    the tokens/s of that batch if its decoding steps cost nothing."""
+    rows: list[dict] = []
+    for batch in batches:
+        whole, prefill, tokens = [], [], []
+        for _ in range(repeats):  # interleaved, so a slow moment falls on both
+            done = full.measure(batch, window_s)
+            whole.append(1000 * batch / done.items_per_s)
+            tokens.append(done.tokens_per_s / done.items_per_s)  # per request
+            prefill.append(1000 * batch / first_token.measure(batch, window_s).items_per_s)
+        variant = f"batch {batch}"
+        whole_ms, prefill_ms = statistics.median(whole), statistics.median(prefill)
+        rows += [
+            median_row(GENERATION, variant, "generate_ms", whole, unit="ms", batch=batch,
+                       new_tokens=round(statistics.median(tokens), 2)),
+            median_row(GENERATION, variant, "prefill_ms", prefill, unit="ms", batch=batch),
+            row(GENERATION, variant, "prefill_share", round(prefill_ms / whole_ms, 3),
+                batch=batch),
+            row(GENERATION, variant, "tok_s_free_decode",
+                round(batch * statistics.median(tokens) / (prefill_ms / 1000), 1),
+                unit="tok/s", batch=batch),
+        ]
+    return rows
+
+
+def _process_group(command: str, me: int, pid: int) -> str:
+    if pid == me:
+        return "bench driver"
+    if "ServeReplica" in command:
+        if ":ingress" in command:
+            return "serve ingress"
+        return "model replica (idle, mbs1)" if "-mbs1" in command else "model replica"
+    for needle, group in (("ProxyActor", "serve proxy"), ("ServeController", "serve controller"),
+                          ("bench.loadgen", "load generator"),
+                          ("bench.flask_server", "flask (idle)")):
+        if needle in command:
+            return group
+    if "ray" in command:
+        return "other ray processes"
+    return "other"
+
+
+def _cpu_seconds() -> dict[int, tuple[str, float]]:
+    """pid -> (command line, user+system CPU seconds) of every process /proc shows."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    found: dict[int, tuple[str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # the process ended while we looked
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        found[int(entry.name)] = (command, (int(fields[11]) + int(fields[12])) / ticks)
+    return found
+
+
+def cpu_split(load: Callable[[], object], clients: int) -> tuple[list[dict], object]:
+    """Run `load()` (`clients` clients) and return the cores each process group used
+    meanwhile, and what `load()` returned. No rows where /proc is not there."""
+    if not Path("/proc/self/stat").exists():
+        return [], load()
+    before, began = _cpu_seconds(), time.perf_counter()
+    result = load()
+    after, wall = _cpu_seconds(), time.perf_counter() - began
+    me = os.getpid()
+    cores: dict[str, float] = defaultdict(float)
+    for pid, (command, seconds) in after.items():
+        used = seconds - before.get(pid, (command, 0.0))[1]
+        if used > 0:
+            cores[_process_group(command, me, pid)] += used / wall
+    rows = [row(CPU, group, "cores", round(value, 3), clients=clients)
+            for group, value in sorted(cores.items(), key=lambda item: -item[1])]
+    rows.append(row(CPU, "all processes", "cores", round(sum(cores.values()), 3), clients=clients,
+                    machine_cores=os.cpu_count()))
+    return rows, result
