@@ -122,8 +122,48 @@ def test_a_burst_arriving_within_wait_s_forms_one_batch():
     assert run(scenario()) == [5]
 
 
+def _closed_loop_batch_sizes(refill_fraction: float) -> list[int]:
+    """8 closed-loop clients (each sends again 1 ms after its answer) on a model that takes
+    150 ms a batch; client 0 starts first, the other 7 while its batch runs."""
+    import time
+
+    def model(items):
+        time.sleep(0.15)
+        return list(items)
+
+    async def scenario():
+        sizes: list[int] = []
+        batcher = DrainBatcher(model, max_batch_size=8, refill_fraction=refill_fraction,
+                               on_batch=lambda size, waits: sizes.append(size))
+
+        async def client(number: int) -> None:
+            await asyncio.sleep(0 if number == 0 else 0.02)
+            for _ in range(10):
+                await batcher.submit(number)
+                await asyncio.sleep(0.001)
+
+        await asyncio.gather(*(client(n) for n in range(8)))
+        return sizes
+
+    return run(scenario())
+
+
+def test_refill_merges_clients_that_were_answered_in_alternating_batches():
+    # Without refill the lone first client keeps its own batch: 1, 7, 1, 7, ...
+    alone = _closed_loop_batch_sizes(refill_fraction=0)
+    assert alone[:4] == [1, 7, 1, 7]
+    assert alone.count(1) >= 8
+    # With it, the batch after the 7 waits (up to 15 ms) for those 7 to send again.
+    merged = _closed_loop_batch_sizes(refill_fraction=0.1)
+    assert merged[:2] == [1, 7]
+    assert merged[2:10] == [8] * 8
+    assert len(merged) < len(alone)
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="max_batch_size"):
         DrainBatcher(list, max_batch_size=0)
     with pytest.raises(ValueError, match="wait_s"):
         DrainBatcher(list, max_batch_size=1, wait_s=-1)
+    with pytest.raises(ValueError, match="refill_fraction"):
+        DrainBatcher(list, max_batch_size=1, refill_fraction=1.5)
