@@ -7,7 +7,9 @@
 - `embeddings_cpu_split`: where the machine's cores go while raysight serves 32 embedding
   clients (CPU seconds per process group over wall seconds, read from /proc): the model
   replica's share is what the forward gets; the rest is HTTP, Serve's proxy, the ingress,
-  Ray's own processes and the load generator.
+  Ray's own processes and the load generator. `offline_cpu_split` is the same for the
+  embed job: its model actor against its preprocess actor, Ray Data's executor (in the
+  driver) and Ray's helper processes.
 """
 
 from __future__ import annotations
@@ -54,21 +56,25 @@ def generation_split(full: EngineRunner, first_token: EngineRunner, batches: tup
     return rows
 
 
+# (what the command line holds, the group it counts under), first match wins.
+_GROUPS = (
+    (":ingress", "serve ingress"),
+    ("-mbs1", "model replica (idle, mbs1)"),
+    ("ServeReplica", "model replica"),
+    ("ProxyActor", "serve proxy"),
+    ("ServeController", "serve controller"),
+    ("bench.loadgen", "load generator"),
+    ("bench.flask_server", "flask (idle)"),
+    ("(ModelStage)", "job model actor"),
+    ("(PreprocessStage)", "job preprocess actor"),
+    ("ray", "other ray processes"),
+)
+
+
 def _process_group(command: str, me: int, pid: int) -> str:
     if pid == me:
         return "bench driver"
-    if "ServeReplica" in command:
-        if ":ingress" in command:
-            return "serve ingress"
-        return "model replica (idle, mbs1)" if "-mbs1" in command else "model replica"
-    for needle, group in (("ProxyActor", "serve proxy"), ("ServeController", "serve controller"),
-                          ("bench.loadgen", "load generator"),
-                          ("bench.flask_server", "flask (idle)")):
-        if needle in command:
-            return group
-    if "ray" in command:
-        return "other ray processes"
-    return "other"
+    return next((group for needle, group in _GROUPS if needle in command), "other")
 
 
 def _cpu_seconds() -> dict[int, tuple[str, float]]:
@@ -88,9 +94,10 @@ def _cpu_seconds() -> dict[int, tuple[str, float]]:
     return found
 
 
-def cpu_split(load: Callable[[], object], clients: int) -> tuple[list[dict], object]:
-    """Run `load()` (`clients` clients) and return the cores each process group used
-    meanwhile, and what `load()` returned. No rows where /proc is not there."""
+def cpu_split(load: Callable[[], object], scenario: str = CPU,
+              **extra) -> tuple[list[dict], object]:
+    """Run `load()` and return rows of the cores each process group used meanwhile (rows of
+    `scenario`, with `extra` keys), and what `load()` returned. No rows without /proc."""
     if not Path("/proc/self/stat").exists():
         return [], load()
     before, began = _cpu_seconds(), time.perf_counter()
@@ -102,8 +109,8 @@ def cpu_split(load: Callable[[], object], clients: int) -> tuple[list[dict], obj
         used = seconds - before.get(pid, (command, 0.0))[1]
         if used > 0:
             cores[_process_group(command, me, pid)] += used / wall
-    rows = [row(CPU, group, "cores", round(value, 3), clients=clients)
+    rows = [row(scenario, group, "cores", round(value, 3), **extra)
             for group, value in sorted(cores.items(), key=lambda item: -item[1])]
-    rows.append(row(CPU, "all processes", "cores", round(sum(cores.values()), 3), clients=clients,
-                    machine_cores=os.cpu_count()))
+    rows.append(row(scenario, "all processes", "cores", round(sum(cores.values()), 3),
+                    machine_cores=os.cpu_count(), **extra))
     return rows, result

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from bench.bounds import cpu_split
 from bench.models import cache_root
 from bench.report import median_row, row
 from bench.settings import BenchSettings
@@ -111,9 +112,13 @@ def offline_embed(model_folder: str, batch: int, torch_threads: int | None,
             return rates
 
         loop_figures = loop(max(1, settings.repeats - 1), "loop-before")
+        split: list[dict] = []
         for repeat in range(settings.offline_repeats):
-            figure, details = embed_job(model_folder, images, Path(scratch) / f"job-{repeat}",
-                                        batch, torch_threads)
+            # Where the cores go during the job (bench/bounds.py), for its first pass.
+            split_now, (figure, details) = cpu_split(
+                lambda: embed_job(model_folder, images, Path(scratch) / f"job-{repeat}",
+                                  batch, torch_threads), scenario="offline_cpu_split")
+            split = split or split_now
             job_figures.append(figure)
             log(f"  embed job: {figure:.1f} images/s ({details['plan']})")
         loop_figures += loop(1, "loop-after")
@@ -126,4 +131,4 @@ def offline_embed(model_folder: str, batch: int, torch_threads: int | None,
                    stretch_s=settings.offline_loop_segment_s, **extra),
         row(SCENARIO, "embed_job", "ratio_to_loop",
             round(statistics.median(job_figures) / statistics.median(loop_figures), 3)),
-    ]
+    ] + split

@@ -15,7 +15,7 @@ from bench.bounds import cpu_split, generation_split
 from bench.inprocess import EngineRunner
 from bench.loadgen import Load, LoadGenerator
 from bench.report import median_row
-from bench.servers import flask_server, raysight_server
+from bench.servers import flask_server, raysight_server, started_flask
 from bench.settings import BenchSettings
 
 Measure = Callable[[int, float], dict]  # (clients, seconds) -> figures
@@ -79,23 +79,31 @@ def online_embeddings(folder: str, max_batch_size: int, settings: BenchSettings,
     """/v1/embeddings, one image per request, at settings.embed_clients."""
     runner = EngineRunner(folder, max_batch_size)
     path = "/v1/embeddings"
-    with LoadGenerator() as loadgen, \
-            raysight_server(folder, "clip", max_batch_size, settings.max_clients) as serve_url, \
-            flask_server(folder, "embed") as flask_url:
+    with LoadGenerator() as loadgen, flask_server(folder, "embed") as flask_url, \
+            raysight_server(folder, "clip", max_batch_size, settings.max_clients) as serve_url:
+        started_flask(flask_url)  # it loaded its model while Serve started
+        raysight = _http(loadgen, serve_url, path, "clip", settings)
+        # At the target's 32 clients, also see where the cores go while raysight serves.
+        split_at = 32 if 32 in settings.embed_clients else max(settings.embed_clients)
+        split: list[dict] = []
+
+        def raysight_with_split(clients: int, seconds: float) -> list[dict]:
+            if clients != split_at:
+                return raysight(clients, seconds)
+            rows, figures = cpu_split(lambda: raysight(clients, seconds), clients=clients)
+            split.extend(rows)
+            log("  cores while raysight serves: " + ", ".join(
+                f"{r['variant']} {r['value']:.2f}" for r in rows))
+            return figures
+
         variants = {
-            "raysight": _http(loadgen, serve_url, path, "clip", settings),
+            "raysight": raysight_with_split,
             "ceiling": _ceiling(runner, max_batch_size, settings.repeats),
             "flask": _http(loadgen, flask_url, path, "clip", settings),
             "raysight_mbs1": _http(loadgen, serve_url, path, "clip-mbs1", settings),
         }
         rows = compare("online_embeddings", variants, settings.embed_clients,
                        settings.embed_window_s, "requests_per_s", "throughput", "img/s", log)
-        # One more raysight run at the target's 32 clients, to see where the cores go.
-        clients = 32 if 32 in settings.embed_clients else max(settings.embed_clients)
-        split, _ = cpu_split(lambda: variants["raysight"](clients, settings.embed_window_s),
-                             clients)
-        log("  cores while raysight serves: " + ", ".join(
-            f"{r['variant']} {r['value']:.2f}" for r in split))
         return rows + split
 
 
@@ -105,10 +113,10 @@ def online_generation(folder: str, settings: BenchSettings,
     max_batch_size = settings.chat_max_batch_size
     runner = EngineRunner(folder, max_batch_size, max_tokens=settings.new_tokens)
     path = "/v1/chat/completions"
-    with LoadGenerator() as loadgen, \
+    with LoadGenerator() as loadgen, flask_server(folder, "generate") as flask_url, \
             raysight_server(folder, "vlm", max_batch_size, settings.max_clients,
-                            settings.chat_batch_wait_s) as serve_url, \
-            flask_server(folder, "generate") as flask_url:
+                            settings.chat_batch_wait_s) as serve_url:
+        started_flask(flask_url)
         variants = {
             "raysight": _http(loadgen, serve_url, path, "vlm", settings),
             "ceiling": _ceiling(runner, max_batch_size, settings.repeats),
@@ -120,7 +128,7 @@ def online_generation(folder: str, settings: BenchSettings,
     # Where a batched generate's time goes (no servers running: the model has the machine).
     first_token = EngineRunner(folder, max_batch_size, max_tokens=1)
     split = generation_split(runner, first_token, (1, max(settings.chat_clients)),
-                             settings.repeats, settings.chat_window_s)
+                             settings.repeats, settings.chat_window_s / 2)
     log("  generate split: " + ", ".join(
         f"{r['variant']} {r['metric']} {r['value']:.3g}" for r in split))
     return rows + split

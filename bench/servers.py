@@ -59,8 +59,10 @@ def raysight_server(folder: str, name: str, max_batch_size: int, max_clients: in
     from serve_app.config import ServeConfig, ServedModel
     from serve_app.launch import start_serving
 
-    # Room for every client: the 503s of a full queue would be measured as errors.
-    deployment = {"max_queued_requests": 4 * max_clients}
+    # Room for every client: the 503s of a full queue would be measured as errors. And a
+    # replica that may hold every client, as the README advises for a known concurrency:
+    # past max_ongoing_requests Serve's router holds requests back with a backoff.
+    deployment = {"max_queued_requests": 4 * max_clients, "max_ongoing_requests": max_clients}
     models = [
         ServedModel(spec=ModelSpec(model=folder, name=name, max_batch_size=max_batch_size,
                                    **({} if batch_wait_s is None
@@ -77,9 +79,20 @@ def raysight_server(folder: str, name: str, max_batch_size: int, max_clients: in
         serve.delete(config.app_name)
 
 
+_starting: dict[str, subprocess.Popen] = {}
+
+
+def started_flask(url: str) -> str:
+    """`url` of a `flask_server`, once it answers (fails fast if its process died)."""
+    wait_until_up(url + "/healthz", 120, _starting.get(url))
+    return url
+
+
 @contextmanager
 def flask_server(folder: str, task: str) -> Iterator[str]:
-    """The hand-written baseline (bench/flask_server.py) in its own process."""
+    """The hand-written baseline (bench/flask_server.py) in its own process. It loads its
+    model while the caller goes on (e.g. starts raysight); its URL answers once the
+    `with` body has called `wait_until_up(url + "/healthz", ...)` (see `started_flask`)."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "bench.flask_server", "--model", folder, "--task", task,
@@ -87,10 +100,11 @@ def flask_server(folder: str, task: str) -> Iterator[str]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env(),
     )
     url = f"http://127.0.0.1:{port}"
+    _starting[url] = process
     try:
-        wait_until_up(url + "/healthz", 120, process)
         yield url
     finally:
+        _starting.pop(url, None)
         process.terminate()
         try:
             process.wait(10)

@@ -31,12 +31,14 @@ def test_quick_bench_writes_json_and_plots(tmp_path):
 
     payload = json.loads((tmp_path / "latest.json").read_text())
     assert payload["quick"] is True
-    # The online embeddings also record where the cores went (bench/bounds.py).
+    # The online embeddings and the offline job also record where the cores went
+    # (bench/bounds.py).
     assert {row["scenario"] for row in payload["rows"]} == set(SCENARIOS) | {
-        "embeddings_cpu_split"}
-    cores = {r["variant"]: r["value"] for r in payload["rows"]
-             if r["scenario"] == "embeddings_cpu_split"}
-    assert cores["model replica"] > 0.1 and cores["all processes"] >= cores["model replica"]
+        "embeddings_cpu_split", "offline_cpu_split"}
+    for split, busiest in (("embeddings_cpu_split", "model replica"),
+                           ("offline_cpu_split", "job model actor")):
+        cores = {r["variant"]: r["value"] for r in payload["rows"] if r["scenario"] == split}
+        assert cores[busiest] > 0.1 and cores["all processes"] >= cores[busiest], cores
     for row in payload["rows"]:
         assert {"scenario", "variant", "metric", "value"} <= set(row)
     online = {(r["variant"], r["metric"]) for r in payload["rows"]
