@@ -16,11 +16,12 @@ served 8.3 req/s; max_batch_size=1 served 7.8 req/s.
 The model runs on one dedicated thread, so the replica's event loop keeps accepting,
 preprocessing and answering requests while a batch runs.
 
-Refill: for a moment after a batch of n finishes (``refill_fraction`` of its run time), the
-next batch waits for up to n requests, because the clients just answered are likely to be
-sending again. Without it, closed-loop clients can lock into alternating batches: measured
-in the benchmark (32 chat clients, 16 new tokens), batches went 1, 31, 1, 31, ... for good,
-the lone request costing a whole prefill and decode pass each cycle.
+Refill: for a moment after a batch of n ends (``refill_fraction`` of its run time), the next
+batch waits for n more requests than were waiting when it ended, because the clients just
+answered are likely to be sending again. Without it, closed-loop clients lock into
+alternating batches for good: measured in the benchmark, 32 chat clients ran batches of
+1, 31, 1, 31, ... and 8 clients split into two batches of 4, each batch a whole prefill and
+decode pass.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class DrainBatcher(Generic[In, Out]):
     free and something is waiting; if fewer than ``max_batch_size`` items are waiting, it
     waits up to ``wait_s`` for more (a burst that is still arriving joins the batch). Until
     ``refill_fraction`` x (the last batch's run time) after that batch ended, it also waits
-    for as many items as the last batch held (0 turns this off).
+    for the items that were waiting then plus as many as that batch held (0 turns this off).
     """
 
     def __init__(
@@ -88,7 +89,7 @@ class DrainBatcher(Generic[In, Out]):
         self.refill_fraction = refill_fraction
         self.on_batch = on_batch  # (batch size, queue waits in s) for metrics
         self._goal = max_batch_size  # `_full` is set once this many items wait
-        self._last_size = 0
+        self._refill_goal = 0  # items the next batch waits for while refilling
         self._refill_until = 0.0  # monotonic time; the refill window of the last batch
         self._waiting: deque[_Waiting] = deque()
         self._arrived: asyncio.Event | None = None
@@ -121,8 +122,8 @@ class DrainBatcher(Generic[In, Out]):
             await self._arrived.wait()
             goal, patience = self.max_batch_size, self.wait_s
             refill_s = self._refill_until - time.monotonic()
-            if refill_s > 0 and self._last_size > len(self._waiting):
-                goal = min(goal, self._last_size)
+            if refill_s > 0 and len(self._waiting) < self._refill_goal:
+                goal = min(goal, self._refill_goal)
                 patience = max(patience, refill_s)
             if patience > 0 and len(self._waiting) < goal:
                 self._goal = goal
@@ -163,7 +164,7 @@ class DrainBatcher(Generic[In, Out]):
                 results = await loop.run_in_executor(self._model_thread, self.run_batch, items)
             finally:
                 ended = time.monotonic()
-                self._last_size = len(batch)
+                self._refill_goal = len(self._waiting) + len(batch)
                 self._refill_until = ended + self.refill_fraction * (ended - started)
             if len(results) != len(batch):
                 raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} items")

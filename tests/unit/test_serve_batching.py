@@ -122,9 +122,9 @@ def test_a_burst_arriving_within_wait_s_forms_one_batch():
     assert run(scenario()) == [5]
 
 
-def _closed_loop_batch_sizes(refill_fraction: float) -> list[int]:
+def _closed_loop_batch_sizes(first: int, refill_fraction: float) -> list[int]:
     """8 closed-loop clients (each sends again 1 ms after its answer) on a model that takes
-    150 ms a batch; client 0 starts first, the other 7 while its batch runs."""
+    150 ms a batch; `first` clients start at once, the others while their batch runs."""
     import time
 
     def model(items):
@@ -137,8 +137,8 @@ def _closed_loop_batch_sizes(refill_fraction: float) -> list[int]:
                                on_batch=lambda size, waits: sizes.append(size))
 
         async def client(number: int) -> None:
-            await asyncio.sleep(0 if number == 0 else 0.02)
-            for _ in range(10):
+            await asyncio.sleep(0 if number < first else 0.02)
+            for _ in range(8):
                 await batcher.submit(number)
                 await asyncio.sleep(0.001)
 
@@ -148,16 +148,17 @@ def _closed_loop_batch_sizes(refill_fraction: float) -> list[int]:
     return run(scenario())
 
 
-def test_refill_merges_clients_that_were_answered_in_alternating_batches():
-    # Without refill the lone first client keeps its own batch: 1, 7, 1, 7, ...
-    alone = _closed_loop_batch_sizes(refill_fraction=0)
-    assert alone[:4] == [1, 7, 1, 7]
-    assert alone.count(1) >= 8
-    # With it, the batch after the 7 waits (up to 15 ms) for those 7 to send again.
-    merged = _closed_loop_batch_sizes(refill_fraction=0.1)
-    assert merged[:2] == [1, 7]
-    assert merged[2:10] == [8] * 8
-    assert len(merged) < len(alone)
+@pytest.mark.parametrize("first", [1, 4])
+def test_refill_merges_clients_that_were_answered_in_alternating_batches(first):
+    # Without refill the clients answered together stay together: 1, 7, 1, 7, ... or
+    # 4, 4, 4, 4, ...
+    alone = _closed_loop_batch_sizes(first, refill_fraction=0)
+    assert alone == [first, 8 - first] * 8
+    # With it, the batch after the first waits (up to 15 ms) for the first's clients to
+    # send again, and every batch after that holds all 8.
+    merged = _closed_loop_batch_sizes(first, refill_fraction=0.1)
+    assert merged[0] == first
+    assert merged[1:8] == [8] * 7
 
 
 def test_bad_settings_are_refused():
