@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -94,21 +95,50 @@ def _cpu_seconds() -> dict[int, tuple[str, float]]:
     return found
 
 
-def cpu_split(load: Callable[[], object], scenario: str = CPU,
+def _remember(seen: dict[int, tuple[str, float]], now: dict[int, tuple[str, float]],
+              me: int) -> None:
+    """Fold one look at /proc into `seen` (pid -> group, CPU seconds). A process keeps the
+    first specific group it was seen in: Ray renames a worker whose actor has ended."""
+    for pid, (command, seconds) in now.items():
+        group = _process_group(command, me, pid)
+        earlier = seen.get(pid)
+        if earlier is not None and group in ("other ray processes", "other"):
+            group = earlier[0]
+        seen[pid] = (group, seconds)
+
+
+def cpu_split(load: Callable[[], object], scenario: str = CPU, sample_s: float = 1.0,
               **extra) -> tuple[list[dict], object]:
     """Run `load()` and return rows of the cores each process group used meanwhile (rows of
-    `scenario`, with `extra` keys), and what `load()` returned. No rows without /proc."""
+    `scenario`, with `extra` keys), and what `load()` returned. /proc is read every
+    `sample_s` as well, so a process that ends before `load()` returns still counts up to
+    its last look. No rows without /proc."""
     if not Path("/proc/self/stat").exists():
         return [], load()
-    before, began = _cpu_seconds(), time.perf_counter()
-    result = load()
-    after, wall = _cpu_seconds(), time.perf_counter() - began
     me = os.getpid()
+    before, began = _cpu_seconds(), time.perf_counter()
+    seen: dict[int, tuple[str, float]] = {}
+    _remember(seen, before, me)
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(sample_s):
+            _remember(seen, _cpu_seconds(), me)
+
+    sampler = threading.Thread(target=sample, name="bench-cpu-split", daemon=True)
+    sampler.start()
+    try:
+        result = load()
+    finally:
+        stop.set()
+        sampler.join()
+    _remember(seen, _cpu_seconds(), me)
+    wall = time.perf_counter() - began
     cores: dict[str, float] = defaultdict(float)
-    for pid, (command, seconds) in after.items():
-        used = seconds - before.get(pid, (command, 0.0))[1]
+    for pid, (group, seconds) in seen.items():
+        used = seconds - before.get(pid, ("", 0.0))[1]
         if used > 0:
-            cores[_process_group(command, me, pid)] += used / wall
+            cores[group] += used / wall
     rows = [row(scenario, group, "cores", round(value, 3), **extra)
             for group, value in sorted(cores.items(), key=lambda item: -item[1])]
     rows.append(row(scenario, "all processes", "cores", round(sum(cores.values()), 3),
