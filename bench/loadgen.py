@@ -115,17 +115,23 @@ async def _measure(load: Load) -> dict:
     at least one answer arrives) are the repeats; then the clients stop and the requests in
     flight are waited for, so the server is idle when the next measurement starts.
 
-    Throughput is Little's law over a window's answers, clients / mean latency: exact for a
-    closed loop in steady state, and free of the quantisation a count suffers when answers
-    come in batches of 32 every few seconds.
+    Each window's figures come from a snapshot at its end of every client's latest answer:
+    throughput is Little's law over them (clients / mean latency), exact for a closed loop in
+    steady state and free of the quantisation a count suffers when answers come in batches of
+    32 every few seconds. The answers *within* a short window would not do: when one cycle
+    of batches takes longer than the window, they can all come from one batch, whose
+    latency is not the mean (measured: 248 tokens/s "served" against a 157 tokens/s ceiling).
     """
     import httpx
 
     bodies = _Bodies(load)
     chat = "chat" in load.path
     answered: set[int] = set()
-    # Per window: (latency, completion tokens, batch size) of each answer.
+    # Each client's latest answer: (latency, completion tokens, batch size).
+    latest: dict[int, tuple[float, int, int]] = {}
+    # Per window: the answers that came in it, and the snapshot of `latest` at its end.
     windows: list[list[tuple[float, int, int]]] = []
+    snapshots: list[list[tuple[float, int, int]]] = []
     statuses: Counter = Counter()
     issued = 0
     stop = False
@@ -146,10 +152,11 @@ async def _measure(load: Load) -> dict:
             if response.status_code != 200:
                 continue
             answered.add(number)
+            tokens = response.json()["usage"]["completion_tokens"] if chat else 0
+            batch = int(response.headers.get("x-raysight-batch-size", 0))
+            latest[number] = (time.perf_counter() - sent, tokens, batch)
             if windows and not stop:
-                tokens = response.json()["usage"]["completion_tokens"] if chat else 0
-                batch = int(response.headers.get("x-raysight-batch-size", 0))
-                windows[-1].append((time.perf_counter() - sent, tokens, batch))
+                windows[-1].append(latest[number])
 
     async def wait(condition, limit_s: float) -> None:
         began = time.perf_counter()
@@ -167,14 +174,17 @@ async def _measure(load: Load) -> dict:
             opened = time.perf_counter()
             await wait(lambda: time.perf_counter() - opened >= load.seconds and windows[-1],
                        120)
+            snapshots.append(list(latest.values()))
         stop = True
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 300)
     return {"statuses": {str(k): v for k, v in statuses.items()}, "warmup_s": warmup_s,
             "drain_s": time.perf_counter() - started - warmup_s,
-            "windows": [_figures(load.clients, answers) for answers in windows]}
+            "windows": [dict(_figures(load.clients, snapshot), ok=len(answers))
+                        for snapshot, answers in zip(snapshots, windows)]}
 
 
 def _figures(clients: int, answers: list[tuple[float, int, int]]) -> dict:
+    """Figures of one snapshot (one answer per client): throughput, latencies, batch."""
     latencies = [latency for latency, _, _ in answers]
     batches = [batch for _, _, batch in answers if batch]
     mean_latency = sum(latencies) / len(latencies) if latencies else float("inf")

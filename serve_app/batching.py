@@ -21,7 +21,9 @@ batch waits for n more requests than were waiting when it ended, because the cli
 answered are likely to be sending again. Without it, closed-loop clients lock into
 alternating batches for good: measured in the benchmark, 32 chat clients ran batches of
 1, 31, 1, 31, ... and 8 clients split into two batches of 4, each batch a whole prefill and
-decode pass.
+decode pass. Independent users (an open loop) do not come back, and waiting for them would
+idle the model: a refill that gains less than half of what it waited for costs credit, and
+with none left the batcher stops refilling, trying again after a few batches.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ class _Waiting:
 
 # Share of a batch's run time that the next batch may wait to refill (see the module doc).
 REFILL_FRACTION = 0.1
+# Refill credit: a failed refill costs this much, a batch that did not try earns back this.
+_REFILL_PENALTY = 0.5
+_REFILL_RECOVERY = 0.1
 
 
 class DrainBatcher(Generic[In, Out]):
@@ -91,6 +96,9 @@ class DrainBatcher(Generic[In, Out]):
         self._goal = max_batch_size  # `_full` is set once this many items wait
         self._refill_goal = 0  # items the next batch waits for while refilling
         self._refill_until = 0.0  # monotonic time; the refill window of the last batch
+        self._refill_credit = 1.0  # refills are tried while > 0 (see the module doc)
+        self.refills = 0  # refill waits tried, and those that gained less than half
+        self.failed_refills = 0
         self._waiting: deque[_Waiting] = deque()
         self._arrived: asyncio.Event | None = None
         self._full: asyncio.Event | None = None
@@ -122,9 +130,14 @@ class DrainBatcher(Generic[In, Out]):
             await self._arrived.wait()
             goal, patience = self.max_batch_size, self.wait_s
             refill_s = self._refill_until - time.monotonic()
-            if refill_s > 0 and len(self._waiting) < self._refill_goal:
+            before = len(self._waiting)
+            refilling = refill_s > 0 and before < self._refill_goal
+            if refilling and self._refill_credit > 0:
                 goal = min(goal, self._refill_goal)
                 patience = max(patience, refill_s)
+            elif refilling:
+                self._refill_credit += _REFILL_RECOVERY
+                refilling = False
             if patience > 0 and len(self._waiting) < goal:
                 self._goal = goal
                 self._full.clear()
@@ -133,6 +146,8 @@ class DrainBatcher(Generic[In, Out]):
                 except asyncio.TimeoutError:
                     pass
                 self._goal = self.max_batch_size
+            if refilling:
+                self._score_refill(gained=len(self._waiting) - before, sought=goal - before)
             batch = self._take()
             if not self._waiting:
                 self._arrived.clear()
@@ -140,6 +155,14 @@ class DrainBatcher(Generic[In, Out]):
                 self._full.clear()
             if batch:
                 await self._run(batch)
+
+    def _score_refill(self, gained: int, sought: int) -> None:
+        self.refills += 1
+        if 2 * gained >= sought:
+            self._refill_credit = 1.0
+        else:
+            self.failed_refills += 1
+            self._refill_credit = max(-1.0, self._refill_credit - _REFILL_PENALTY)
 
     def _take(self) -> list[_Waiting]:
         batch: list[_Waiting] = []

@@ -161,6 +161,32 @@ def test_refill_merges_clients_that_were_answered_in_alternating_batches(first):
     assert merged[1:8] == [8] * 7
 
 
+def test_refill_stops_waiting_for_an_open_loop():
+    """Requests from independent users (one every 10 ms, whatever the answers) do not
+    come back: after two refills that gained little the batcher mostly stops waiting."""
+    import time
+
+    def model(items):
+        time.sleep(0.1)
+        return list(items)
+
+    async def scenario():
+        sizes: list[int] = []
+        batcher = DrainBatcher(model, max_batch_size=64,
+                               on_batch=lambda size, waits: sizes.append(size))
+        tasks = []
+        for i in range(300):
+            tasks.append(asyncio.ensure_future(batcher.submit(i)))
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*tasks)
+        return batcher, sizes
+
+    batcher, sizes = run(scenario())
+    assert len(sizes) >= 20
+    assert batcher.refills <= len(sizes) / 3
+    assert batcher.failed_refills >= 2
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="max_batch_size"):
         DrainBatcher(list, max_batch_size=0)
