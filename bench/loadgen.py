@@ -112,10 +112,12 @@ async def _measure(load: Load) -> dict:
 
     Warm-up runs until every client has had an answer (the loop is then in steady state,
     whatever the latency); then ``windows`` windows of ``seconds`` each (each lasting until
-    at least one answer arrives) are the repeats; then the clients stop and the requests in
+    at least one answer arrives) are the repeats: snapshots a window apart, not independent
+    runs, as a new run would cost a warm-up and a drain of its own; then the clients stop and the requests in
     flight are waited for, so the server is idle when the next measurement starts.
 
-    Each window's figures come from a snapshot at its end of every client's latest answer:
+    Each window's figures come from a snapshot at its end of every client's latest answer to
+    a request sent after the warm-up (the first window lasts until there is one per client):
     throughput is Little's law over them (clients / mean latency), exact for a closed loop in
     steady state and free of the quantisation a count suffers when answers come in batches of
     32 every few seconds. The answers *within* a short window would not do: when one cycle
@@ -127,8 +129,10 @@ async def _measure(load: Load) -> dict:
     bodies = _Bodies(load)
     chat = "chat" in load.path
     answered: set[int] = set()
-    # Each client's latest answer: (latency, completion tokens, batch size).
+    # Each client's latest answer to a request sent after the warm-up: (latency,
+    # completion tokens, batch size).
     latest: dict[int, tuple[float, int, int]] = {}
+    steady_from = float("inf")  # when the warm-up ended
     # Per window: the answers that came in it, and the snapshot of `latest` at its end.
     windows: list[list[tuple[float, int, int]]] = []
     snapshots: list[list[tuple[float, int, int]]] = []
@@ -154,9 +158,11 @@ async def _measure(load: Load) -> dict:
             answered.add(number)
             tokens = response.json()["usage"]["completion_tokens"] if chat else 0
             batch = int(response.headers.get("x-raysight-batch-size", 0))
-            latest[number] = (time.perf_counter() - sent, tokens, batch)
+            answer = (time.perf_counter() - sent, tokens, batch)
+            if sent >= steady_from:
+                latest[number] = answer
             if windows and not stop:
-                windows[-1].append(latest[number])
+                windows[-1].append(answer)
 
     async def wait(condition, limit_s: float) -> None:
         began = time.perf_counter()
@@ -168,12 +174,15 @@ async def _measure(load: Load) -> dict:
         started = time.perf_counter()
         tasks = [asyncio.create_task(client(i, http)) for i in range(load.clients)]
         await wait(lambda: len(answered) == load.clients, 120)
-        warmup_s = time.perf_counter() - started
-        for _ in range(load.windows):
+        steady_from = time.perf_counter()
+        warmup_s = steady_from - started
+        for window in range(load.windows):
             windows.append([])
             opened = time.perf_counter()
-            await wait(lambda: time.perf_counter() - opened >= load.seconds and windows[-1],
-                       120)
+            # The first window lasts until every client has an answer to a request it sent
+            # after the warm-up, so every snapshot holds one steady-state answer per client.
+            await wait(lambda: time.perf_counter() - opened >= load.seconds and windows[-1]
+                       and (window > 0 or len(latest) == load.clients), 120)
             snapshots.append(list(latest.values()))
         stop = True
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 300)

@@ -16,6 +16,7 @@ from pathlib import Path
 from bench.plots import LABELS
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
+BOUNDS = ("generation_split", "embeddings_cpu_split", "offline_cpu_split")
 
 
 def _number(value: float) -> str:
@@ -76,8 +77,12 @@ def render(payload: dict) -> str:
     if "online_generation" in by_scenario:
         parts += ["Online generation (chat completion, one image, 16 new tokens):", "",
                   online_table(rows, "online_generation", "tokens_per_s", "tokens/s"), ""]
+    bounds = tuple(s for s in BOUNDS if s in by_scenario)
+    if bounds:
+        parts += ["Where the time and the cores go (`bench/bounds.py`; cores = CPU seconds "
+                  "over wall seconds, of the machine's 2):", "", simple_table(rows, bounds), ""]
     others = tuple(s for s in by_scenario if s not in ("online_embeddings",
-                                                        "online_generation"))
+                                                        "online_generation") + BOUNDS)
     if others:
         parts += [simple_table(rows, others), ""]
     return "\n".join(parts)

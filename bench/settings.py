@@ -13,10 +13,11 @@ class BenchSettings:
     repeats: int = 3
     embed_clients: tuple[int, ...] = (1, 8, 32, 64)
     chat_clients: tuple[int, ...] = (1, 8, 32)
-    # One closed-loop measurement: a warm-up until every client has had an answer, then a
-    # window this long (see bench/loadgen.py).
-    embed_window_s: float = 1.5
-    chat_window_s: float = 2.0
+    # One closed-loop measurement: a warm-up until every client has had an answer, then
+    # `repeats` windows this long, the first lasting until every client has had one more
+    # (see bench/loadgen.py).
+    embed_window_s: float = 1.0
+    chat_window_s: float = 1.0
     new_tokens: int = 16
     chat_max_batch_size: int = 32  # one batch holds every client of the 32-client point
     chat_batch_wait_s: float | None = None  # the ModelSpec's batch_wait_timeout_s if None
@@ -24,7 +25,7 @@ class BenchSettings:
     sweep_window_s: float = 1.0
     offline_images: int = 5000
     offline_repeats: int = 1  # passes of the job: one over 5,000 images takes ~5 minutes
-    offline_loop_segment_s: float = 10.0  # the plain loop's repeats: stretches this long
+    offline_loop_segment_s: float = 8.0  # the plain loop's repeats: stretches this long
     cold_start_repeats: int = 3
     cold_start_timeout_s: float = 120.0
 
