@@ -106,17 +106,22 @@ def test_requests_cancelled_while_waiting_are_skipped():
     assert run(scenario()) == [["a"], ["kept"]]
 
 
+async def _paced(batcher: DrainBatcher, count: int, every_s: float) -> None:
+    """Submit `count` items one every `every_s` (an open loop), then wait for them all."""
+    tasks = []
+    for i in range(count):
+        tasks.append(asyncio.ensure_future(batcher.submit(i)))
+        await asyncio.sleep(every_s)
+    await asyncio.gather(*tasks)
+
+
 def test_a_burst_arriving_within_wait_s_forms_one_batch():
     async def scenario():
         model = lambda items: list(items)  # noqa: E731
         sizes: list[int] = []
         batcher = DrainBatcher(model, max_batch_size=8, wait_s=0.5,
                                on_batch=lambda size, waits: sizes.append(size))
-        tasks = []
-        for i in range(5):
-            tasks.append(asyncio.ensure_future(batcher.submit(i)))
-            await asyncio.sleep(0.01)
-        await asyncio.gather(*tasks)
+        await _paced(batcher, 5, 0.01)
         return sizes
 
     assert run(scenario()) == [5]
@@ -174,11 +179,7 @@ def test_refill_stops_waiting_for_an_open_loop():
         sizes: list[int] = []
         batcher = DrainBatcher(model, max_batch_size=64,
                                on_batch=lambda size, waits: sizes.append(size))
-        tasks = []
-        for i in range(300):
-            tasks.append(asyncio.ensure_future(batcher.submit(i)))
-            await asyncio.sleep(0.01)
-        await asyncio.gather(*tasks)
+        await _paced(batcher, 300, 0.01)
         return batcher, sizes
 
     batcher, sizes = run(scenario())
