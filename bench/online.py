@@ -15,7 +15,7 @@ from bench.bounds import cpu_split, generation_split
 from bench.inprocess import EngineRunner
 from bench.loadgen import Load, LoadGenerator
 from bench.report import median_row
-from bench.servers import flask_server, raysight_server, started_flask
+from bench.servers import flask_server, raysight_server
 from bench.settings import BenchSettings
 
 Measure = Callable[[int, float], dict]  # (clients, seconds) -> figures
@@ -79,9 +79,9 @@ def online_embeddings(folder: str, max_batch_size: int, settings: BenchSettings,
     """/v1/embeddings, one image per request, at settings.embed_clients."""
     runner = EngineRunner(folder, max_batch_size)
     path = "/v1/embeddings"
-    with LoadGenerator() as loadgen, flask_server(folder, "embed") as flask_url, \
+    with LoadGenerator() as loadgen, flask_server(folder, "embed") as flask, \
             raysight_server(folder, "clip", max_batch_size, settings.max_clients) as serve_url:
-        started_flask(flask_url)  # it loaded its model while Serve started
+        flask_url = flask.ready()  # it loaded its model while Serve started
         raysight = _http(loadgen, serve_url, path, "clip", settings)
         # At the target's 32 clients, also see where the cores go while raysight serves.
         split_at = 32 if 32 in settings.embed_clients else max(settings.embed_clients)
@@ -113,10 +113,10 @@ def online_generation(folder: str, settings: BenchSettings,
     max_batch_size = settings.chat_max_batch_size
     runner = EngineRunner(folder, max_batch_size, max_tokens=settings.new_tokens)
     path = "/v1/chat/completions"
-    with LoadGenerator() as loadgen, flask_server(folder, "generate") as flask_url, \
+    with LoadGenerator() as loadgen, flask_server(folder, "generate") as flask, \
             raysight_server(folder, "vlm", max_batch_size, settings.max_clients,
                             settings.chat_batch_wait_s) as serve_url:
-        started_flask(flask_url)
+        flask_url = flask.ready()
         variants = {
             "raysight": _http(loadgen, serve_url, path, "vlm", settings),
             "ceiling": _ceiling(runner, max_batch_size, settings.repeats),

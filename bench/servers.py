@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -79,32 +80,31 @@ def raysight_server(folder: str, name: str, max_batch_size: int, max_clients: in
         serve.delete(config.app_name)
 
 
-_starting: dict[str, subprocess.Popen] = {}
+@dataclass
+class StartingServer:
+    """A server process loading its model; `ready()` waits until it answers."""
 
+    url: str
+    process: subprocess.Popen
 
-def started_flask(url: str) -> str:
-    """`url` of a `flask_server`, once it answers (fails fast if its process died)."""
-    wait_until_up(url + "/healthz", 120, _starting.get(url))
-    return url
+    def ready(self, timeout_s: float = 120) -> str:
+        wait_until_up(self.url + "/healthz", timeout_s, self.process)
+        return self.url
 
 
 @contextmanager
-def flask_server(folder: str, task: str) -> Iterator[str]:
+def flask_server(folder: str, task: str) -> Iterator[StartingServer]:
     """The hand-written baseline (bench/flask_server.py) in its own process. It loads its
-    model while the caller goes on (e.g. starts raysight); its URL answers once the
-    `with` body has called `wait_until_up(url + "/healthz", ...)` (see `started_flask`)."""
+    model while the caller goes on (e.g. starts raysight); `ready()` gives its URL."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "bench.flask_server", "--model", folder, "--task", task,
          "--port", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env(),
     )
-    url = f"http://127.0.0.1:{port}"
-    _starting[url] = process
     try:
-        yield url
+        yield StartingServer(f"http://127.0.0.1:{port}", process)
     finally:
-        _starting.pop(url, None)
         process.terminate()
         try:
             process.wait(10)
