@@ -3,8 +3,8 @@
 A client inside the process that holds the server (or the Ray driver) would slow what it
 measures, so ``LoadGenerator`` starts ``python -m bench.loadgen`` once and sends it one JSON
 line per measurement; the child answers with one JSON line of figures. Each measurement is
-bounded in time (warm-up, each window and the final wait: at most 120 s each) and in
-requests (``max_requests``).
+bounded in time (warm-up and each window: at most 120 s each; the settling request after
+it: 300 s) and in requests (``max_requests``).
 """
 
 from __future__ import annotations
@@ -113,8 +113,9 @@ async def _measure(load: Load) -> dict:
     Warm-up runs until every client has had an answer (the loop is then in steady state,
     whatever the latency); then ``windows`` windows of ``seconds`` each (each lasting until
     at least one answer arrives) are the repeats: snapshots a window apart, not independent
-    runs, as a new run would cost a warm-up and a drain of its own; then the clients stop and the requests in
-    flight are waited for, so the server is idle when the next measurement starts.
+    runs, as a new run would cost a warm-up and a settling of its own; then the clients hang
+    up and one more request is sent and answered, so the server is idle when the next
+    measurement starts (see `_settle`).
 
     Each window's figures come from a snapshot at its end of every client's latest answer to
     a request sent after the warm-up (the first window lasts until there is one per client):
@@ -185,11 +186,33 @@ async def _measure(load: Load) -> dict:
                        and (window > 0 or len(latest) == load.clients), 120)
             snapshots.append(list(latest.values()))
         stop = True
-        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 300)
+        measured_s = time.perf_counter() - steady_from
+        # Hang up rather than wait for the answers in flight: a server that drops what its
+        # caller gave up on (raysight does) stops at once, one that does not (Flask's pool)
+        # works them off either way, before the probe below is answered.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    settle_s = await _settle(load, bodies)
     return {"statuses": {str(k): v for k, v in statuses.items()}, "warmup_s": warmup_s,
-            "drain_s": time.perf_counter() - started - warmup_s,
+            "measured_s": measured_s, "settle_s": settle_s,
             "windows": [dict(_figures(load.clients, snapshot), ok=len(answers))
                         for snapshot, answers in zip(snapshots, windows)]}
+
+
+async def _settle(load: Load, bodies: _Bodies) -> float:
+    """Seconds until one more request is answered: both servers queue in order, so then
+    nothing of this measurement is left running when the next one starts."""
+    import httpx
+
+    began = time.perf_counter()
+    async with httpx.AsyncClient(timeout=300) as http:
+        response = await http.post(load.url + load.path, content=bodies.next(),
+                                   headers={"content-type": "application/json"})
+    if response.status_code != 200:
+        raise RuntimeError(f"the settling request got {response.status_code}: "
+                           f"{response.text[:200]}")
+    return time.perf_counter() - began
 
 
 def _figures(clients: int, answers: list[tuple[float, int, int]]) -> dict:
