@@ -22,26 +22,25 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
-from bench.inprocess import EngineRunner
+from bench.inprocess import EngineRunner, Measured
 from bench.report import median_row, row
 
 GENERATION = "generation_split"
 CPU = "embeddings_cpu_split"
 
 
-def generation_split(full: EngineRunner, first_token: EngineRunner, batches: tuple[int, ...],
+def generation_split(full: dict[int, list[Measured]], first_token: EngineRunner,
                      repeats: int, window_s: float) -> list[dict]:
-    """ms per batch of `full`'s requests and of `first_token`'s (the same requests with 1
-    new token), medians of `repeats`, per batch size; the prefill's share of the batch; and
-    the tokens/s of that batch if its decoding steps cost nothing."""
+    """ms per batch of the full chats (`full`: batch size -> the ceiling's runs of it) and
+    of the same chats with 1 new token (`first_token`, `repeats` runs per batch size), per
+    batch size; the prefill's share of the batch; and the tokens/s of that batch if its
+    decoding steps cost nothing."""
     rows: list[dict] = []
-    for batch in batches:
-        whole, prefill, tokens = [], [], []
-        for _ in range(repeats):  # interleaved, so a slow moment falls on both
-            done = full.measure(batch, window_s)
-            whole.append(1000 * batch / done.items_per_s)
-            tokens.append(done.tokens_per_s / done.items_per_s)  # per request
-            prefill.append(1000 * batch / first_token.measure(batch, window_s).items_per_s)
+    for batch, runs in sorted(full.items()):
+        whole = [1000 * batch / done.items_per_s for done in runs]
+        tokens = [done.tokens_per_s / done.items_per_s for done in runs]  # per request
+        prefill = [1000 * batch / first_token.measure(batch, window_s).items_per_s
+                   for _ in range(repeats)]
         variant = f"batch {batch}"
         whole_ms, prefill_ms = statistics.median(whole), statistics.median(prefill)
         rows += [

@@ -58,8 +58,17 @@ class EngineRunner:
         self._prepared = None
         self._warm: set[tuple[int, bool]] = set()
 
-    def _batch(self, size: int, offset: int) -> list:
-        return [self.requests[(offset + i) % len(self.requests)] for i in range(size)]
+    def with_max_tokens(self, max_tokens: int) -> "EngineRunner":
+        """A runner of the same chats asking for `max_tokens` new tokens, on this runner's
+        engine (no second model load; a batch size it has run is warm for both)."""
+        import copy
+        import dataclasses
+
+        other = copy.copy(self)
+        other.requests = [dataclasses.replace(r, max_new_tokens=max_tokens)
+                          for r in self.requests]
+        other._prepared = None
+        return other
 
     def measure(self, batch: int, seconds: float, forward_only: bool = False) -> Measured:
         """Run batches of `batch` for about `seconds` (at least one batch, after one

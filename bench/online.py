@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Callable
 
 from bench.bounds import cpu_split, generation_split
-from bench.inprocess import EngineRunner
+from bench.inprocess import EngineRunner, Measured
 from bench.loadgen import Load, LoadGenerator
 from bench.report import median_row
 from bench.servers import flask_server, raysight_server
@@ -35,12 +35,16 @@ def _http(loadgen: LoadGenerator, url: str, path: str, model: str,
     return measure
 
 
-def _ceiling(runner: EngineRunner, max_batch_size: int, repeats: int) -> Measure:
+def _ceiling(runner: EngineRunner, max_batch_size: int, repeats: int,
+             runs: dict[int, list[Measured]] | None = None) -> Measure:
+    """The in-process ceiling; each batch size's runs are also kept in `runs`."""
     def measure(clients: int, seconds: float) -> list[dict]:
         batch = min(clients, max_batch_size)
         figures = []
         for _ in range(repeats):
             done = runner.measure(batch, seconds)
+            if runs is not None:
+                runs.setdefault(batch, []).append(done)
             figures.append({"requests_per_s": done.items_per_s,
                             "tokens_per_s": done.tokens_per_s, "p50_ms": done.batch_p50_ms,
                             "p99_ms": done.batch_p99_ms, "mean_batch": float(batch)})
@@ -117,18 +121,21 @@ def online_generation(folder: str, settings: BenchSettings,
             raysight_server(folder, "vlm", max_batch_size, settings.max_clients,
                             settings.chat_batch_wait_s) as serve_url:
         flask_url = flask.ready()
+        ceiling_runs: dict[int, list[Measured]] = {}
         variants = {
             "raysight": _http(loadgen, serve_url, path, "vlm", settings),
-            "ceiling": _ceiling(runner, max_batch_size, settings.repeats),
+            "ceiling": _ceiling(runner, max_batch_size, settings.repeats, ceiling_runs),
             "flask": _http(loadgen, flask_url, path, "vlm", settings),
             "raysight_mbs1": _http(loadgen, serve_url, path, "vlm-mbs1", settings),
         }
         rows = compare("online_generation", variants, settings.chat_clients,
                        settings.chat_window_s, "tokens_per_s", "tokens_per_s", "tok/s", log)
-    # Where a batched generate's time goes (no servers running: the model has the machine).
-    first_token = EngineRunner(folder, max_batch_size, max_tokens=1)
-    split = generation_split(runner, first_token, (1, max(settings.chat_clients)),
-                             settings.repeats, settings.chat_window_s / 2)
+    # Where a batched generate's time goes, at 1 and at the most clients: the ceiling's
+    # runs against the same chats with 1 new token (no servers running now).
+    largest = min(max(settings.chat_clients), max_batch_size)
+    split = generation_split({b: ceiling_runs[b] for b in (1, largest) if b in ceiling_runs},
+                             runner.with_max_tokens(1), settings.repeats,
+                             settings.chat_window_s / 2)
     log("  generate split: " + ", ".join(
         f"{r['variant']} {r['metric']} {r['value']:.3g}" for r in split))
     return rows + split
