@@ -37,44 +37,50 @@ def jpeg_folder(count: int) -> Path:
     return folder
 
 
-def plain_loop(model_folder: str, images: Path, output: Path, batch: int,
-               segments: int, segment_s: float) -> list[float]:
-    """Images per second of the hand-written loop (model load not counted), in `segments`
-    consecutive stretches of about `segment_s` each (stopping early if the images run out):
-    its repeats. The Parquet write of what it embedded counts in the last stretch."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    import torch
-    from PIL import Image
-    from transformers import AutoModel, AutoProcessor
+class PlainLoop:
+    """The hand-written loop over a folder of JPEGs, its model loaded once (not timed)."""
 
-    processor = AutoProcessor.from_pretrained(model_folder)
-    model = AutoModel.from_pretrained(model_folder).eval()
-    paths = sorted(str(path) for path in images.glob("*.jpg"))
-    done: list[str] = []
-    vectors: list[list[float]] = []
-    rates: list[float] = []
-    for segment in range(segments):
-        count, started = 0, time.perf_counter()
-        while len(done) < len(paths) and time.perf_counter() - started < segment_s:
-            chunk = paths[len(done):len(done) + batch]
-            pixels = processor.image_processor(
-                images=[Image.open(path).convert("RGB") for path in chunk],
-                return_tensors="pt")["pixel_values"]
-            with torch.inference_mode():
-                features = model.get_image_features(pixel_values=pixels)
-            features = getattr(features, "pooler_output", features)
-            vectors.extend(torch.nn.functional.normalize(features, dim=-1).tolist())
-            done.extend(chunk)
-            count += len(chunk)
-        if segment == segments - 1:
-            output.mkdir(parents=True, exist_ok=True)
-            pq.write_table(pa.table({"path": done,
-                                     "embedding": pa.array(vectors, pa.list_(pa.float32()))}),
-                           output / "embeddings.parquet")
-        if count:
-            rates.append(count / (time.perf_counter() - started))
-    return rates
+    def __init__(self, model_folder: str, images: Path, batch: int):
+        from transformers import AutoModel, AutoProcessor
+
+        self.processor = AutoProcessor.from_pretrained(model_folder)
+        self.model = AutoModel.from_pretrained(model_folder).eval()
+        self.paths = sorted(str(path) for path in images.glob("*.jpg"))
+        self.batch = batch
+
+    def run(self, output: Path, segments: int, segment_s: float) -> list[float]:
+        """Images per second, from the first image on, in `segments` consecutive stretches
+        of about `segment_s` each (stopping early if the images run out): its repeats. The
+        Parquet write of what it embedded counts in the last stretch."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        import torch
+        from PIL import Image
+
+        done: list[str] = []
+        vectors: list[list[float]] = []
+        rates: list[float] = []
+        for segment in range(segments):
+            count, started = 0, time.perf_counter()
+            while len(done) < len(self.paths) and time.perf_counter() - started < segment_s:
+                chunk = self.paths[len(done):len(done) + self.batch]
+                pixels = self.processor.image_processor(
+                    images=[Image.open(path).convert("RGB") for path in chunk],
+                    return_tensors="pt")["pixel_values"]
+                with torch.inference_mode():
+                    features = self.model.get_image_features(pixel_values=pixels)
+                features = getattr(features, "pooler_output", features)
+                vectors.extend(torch.nn.functional.normalize(features, dim=-1).tolist())
+                done.extend(chunk)
+                count += len(chunk)
+            if segment == segments - 1:
+                output.mkdir(parents=True, exist_ok=True)
+                pq.write_table(pa.table({"path": done,
+                                         "embedding": pa.array(vectors, pa.list_(pa.float32()))}),
+                               output / "embeddings.parquet")
+            if count:
+                rates.append(count / (time.perf_counter() - started))
+        return rates
 
 
 def embed_job(model_folder: str, images: Path, output: Path, batch: int,
@@ -105,9 +111,10 @@ def offline_embed(model_folder: str, batch: int, torch_threads: int | None,
     with tempfile.TemporaryDirectory(prefix="bench-offline-") as scratch:
         # The loop's stretches bracket the job (before and after it), so a machine that is
         # slower or faster for a while falls on both sides of the ratio.
+        plain = PlainLoop(model_folder, images, batch)
+
         def loop(segments: int, name: str) -> list[float]:
-            rates = plain_loop(model_folder, images, Path(scratch) / name, batch, segments,
-                               settings.offline_loop_segment_s)
+            rates = plain.run(Path(scratch) / name, segments, settings.offline_loop_segment_s)
             log("  plain loop: " + ", ".join(f"{rate:.1f}" for rate in rates) + " images/s")
             return rates
 
