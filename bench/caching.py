@@ -55,7 +55,7 @@ REPLIES = ["A shape.", "It is red.", "A red circle on a plain background."]
 
 
 def _size(quick: bool):
-    from raysight.random_models import TINY, RandomModelSize
+    from tests.fixtures.random_models import TINY, RandomModelSize
 
     if quick:
         return TINY, 64, 4
@@ -66,7 +66,7 @@ def _size(quick: bool):
 
 
 def _model_folder(size) -> str:
-    from raysight.random_models import build_random_model
+    from tests.fixtures.random_models import build_random_model
 
     tag = hashlib.sha1(json.dumps(asdict(size), sort_keys=True).encode()).hexdigest()[:8]
     base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")

@@ -33,7 +33,7 @@ def cache_root() -> Path:
 
 def build_bench_model(role: str, architecture: str, size_name: str) -> BenchModel:
     """The model folder for (`architecture`, named size), built unless already cached."""
-    from raysight.random_models import NAMED_SIZES, build_random_model
+    from tests.fixtures.random_models import NAMED_SIZES, build_random_model
 
     size = NAMED_SIZES[size_name]
     tag = hashlib.sha1(json.dumps(asdict(size), sort_keys=True).encode()).hexdigest()[:8]

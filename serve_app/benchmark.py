@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-clip-") as scratch:
         model = args.model
         if model is None:
-            from raysight.random_models import RandomModelSize, build_random_model
+            from tests.fixtures.random_models import RandomModelSize, build_random_model
 
             model = str(build_random_model("clip", scratch, RandomModelSize(**VIT_B32_LIKE)))
         _run_all(model, args)

@@ -18,7 +18,7 @@ GENERATIVE = ("qwen2-vl", "qwen2.5-vl", "llava", "blip")
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, str]:
     """Architecture name -> folder of a tiny randomly initialised model with its processor."""
-    from raysight.random_models import build_random_model
+    from tests.fixtures.random_models import build_random_model
 
     root = tmp_path_factory.mktemp("tiny-models")
     return {arch: str(build_random_model(arch, root / arch)) for arch in ARCHITECTURES}
