@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export RAY_AUTH_MODE ?= disabled
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test unit integration bench bench-caching clean
+.PHONY: setup browser demo test unit integration bench bench-caching clean
 
 setup: $(VENV)/.installed
 
@@ -20,7 +20,14 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/raysight demo
 
-test: setup
+# Browser tests drive Debian's Chromium (never a downloaded browser build). Installing it
+# needs root and Debian's package registry; without them the browser tests skip and say why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "make browser: could not install chromium; the browser tests will be skipped"
+
+test: setup browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 unit: setup
