@@ -140,11 +140,43 @@ def _resolve_public(hostname: str, port: int, url: str) -> _Address:
 
 
 def _is_public(address: _Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """Public, and so is every IPv4 address an IPv6 one embeds (a 6to4 address such as
+    2002:a9fe:a9fe::1 routes to 169.254.169.254 on a host with a 6to4 relay)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = embedded_ipv4(address)
+        if any(not _is_public(inner) for inner in embedded):
+            return False
+        if address.ipv4_mapped is not None:
+            return True  # its one IPv4 address was public
     return address.is_global and not (address.is_private or address.is_loopback
                                       or address.is_link_local or address.is_multicast
                                       or address.is_reserved or address.is_unspecified)
+
+
+_NAT64_PREFIXES = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+_ISATAP_IDS = (0x00005EFE, 0x02005EFE)
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries: IPv4-mapped (::ffff:a.b.c.d), IPv4-compatible
+    (::a.b.c.d), 6to4 (2002::/16), Teredo (2001::/32, server and client), NAT64 (64:ff9b::/96,
+    64:ff9b:1::/48) and ISATAP interface ids (::5efe:a.b.c.d)."""
+    found: list[ipaddress.IPv4Address] = []
+    value = int(address)
+    low32 = ipaddress.IPv4Address(value & 0xFFFFFFFF)
+    if address.ipv4_mapped is not None:
+        found.append(address.ipv4_mapped)
+    if value >> 32 == 0 and value > 1:  # ::a.b.c.d (not :: or ::1)
+        found.append(low32)
+    if address.sixtofour is not None:
+        found.append(address.sixtofour)
+    if address.teredo is not None:
+        found.extend(address.teredo)
+    if any(address in prefix for prefix in _NAT64_PREFIXES):
+        found.append(low32)
+    if (value >> 32) & 0xFFFFFFFF in _ISATAP_IDS:
+        found.append(low32)
+    return found
 
 
 def _short(url: str, limit: int = 120) -> str:

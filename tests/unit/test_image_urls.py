@@ -101,6 +101,37 @@ def test_host_with_any_private_address_is_refused(dns):
         fetch_image_url("https://mixed.example.com/cat.png", url_policy(), transport=serve({}))
 
 
+# Each IPv6 form that embeds an IPv4 address, embedding a private or metadata one.
+EMBEDDING_PRIVATE_IPV4 = {
+    "6to4 of 169.254.169.254": "2002:a9fe:a9fe::1",
+    "6to4 of 10.0.0.1": "2002:a00:1::",
+    "IPv4-mapped 127.0.0.1": "::ffff:127.0.0.1",
+    "IPv4-compatible 10.1.2.3": "::10.1.2.3",
+    "NAT64 of 169.254.169.254": "64:ff9b::a9fe:a9fe",
+    "local NAT64 of 192.168.0.1": "64:ff9b:1::c0a8:1",
+    "Teredo, client 192.168.1.1": "2001:0:4136:e378:8000:63bf:3f57:fefe",
+    "ISATAP of 172.16.0.1": "2001:db9:1:2:0:5efe:ac10:1",
+}
+
+
+@pytest.mark.parametrize("address", EMBEDDING_PRIVATE_IPV4.values(), ids=EMBEDDING_PRIVATE_IPV4.keys())
+def test_ipv6_forms_embedding_a_private_ipv4_are_refused(dns, address):
+    dns["sneaky.example.com"] = [address]
+    transport = serve({})
+    with pytest.raises(URLRefused, match="non-public address"):
+        fetch_image_url("http://sneaky.example.com/cat.png", url_policy(), transport=transport)
+    assert transport.seen == []
+
+
+def test_embedded_ipv4_addresses_are_found():
+    found = image_urls.embedded_ipv4
+    assert found(ipaddress.IPv6Address("2002:a9fe:a9fe::1")) == [ipaddress.IPv4Address("169.254.169.254")]
+    assert found(ipaddress.IPv6Address("64:ff9b::808:808")) == [ipaddress.IPv4Address("8.8.8.8")]
+    assert ipaddress.IPv4Address("192.168.1.1") in found(
+        ipaddress.IPv6Address(EMBEDDING_PRIVATE_IPV4["Teredo, client 192.168.1.1"]))
+    assert found(ipaddress.IPv6Address("2606:4700:4700::1111")) == []  # plain global IPv6
+
+
 @pytest.mark.parametrize("url", ["ftp://example.com/cat.png", "file:///etc/passwd"])
 def test_non_http_schemes_are_refused_by_fetch(url):
     with pytest.raises(URLRefused, match="only http and https"):
