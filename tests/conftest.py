@@ -11,7 +11,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-ARCHITECTURES = ("qwen2-vl", "qwen2.5-vl", "llava", "blip", "clip")
+ARCHITECTURES = ("qwen2-vl", "qwen2.5-vl", "llava", "blip", "clip", "siglip", "siglip2")
 GENERATIVE = ("qwen2-vl", "qwen2.5-vl", "llava", "blip")
 
 
