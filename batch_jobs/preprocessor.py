@@ -34,13 +34,13 @@ def build_preprocessor(spec: ModelSpec) -> Engine:
     from transformers import AutoConfig, GenerationConfig
 
     from raysight.engines import engine_for
-    from raysight.families import encoder_family_for, generative_family_for, task_for_model_type
+    from raysight.families import family_for
     from raysight.loading import LoadedModel, read_model_type, resolve_source
 
     source = resolve_source(spec)
     model_type = read_model_type(source, spec)
-    task = spec.task or task_for_model_type(model_type)
-    family = encoder_family_for(model_type) if task == "embed" else generative_family_for(model_type)
+    family = family_for(model_type, spec.task, spec.family)
+    task = family.task
     common = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
     config = AutoConfig.from_pretrained(source, **common)
     try:

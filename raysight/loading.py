@@ -69,12 +69,12 @@ def read_model_type(source: str, spec: ModelSpec) -> str:
 
 def load_model(spec: ModelSpec) -> LoadedModel:
     """Load `spec`'s model and processor through its family, ready for inference."""
-    from raysight.families import encoder_family_for, generative_family_for, task_for_model_type
+    from raysight.families import family_for
 
     source = resolve_source(spec)
     model_type = read_model_type(source, spec)
-    task = spec.task or task_for_model_type(model_type)
-    family = encoder_family_for(model_type) if task == "embed" else generative_family_for(model_type)
+    family = family_for(model_type, spec.task, spec.family)
+    task = family.task
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
     common = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}

@@ -16,6 +16,8 @@ from raysight.errors import ConfigError
 from raysight.paths import absolute_if_exists
 
 Task = Literal["generate", "embed"]
+# raysight.families.FAMILY_NAMES, repeated here so a spec is checked without transformers.
+FamilyName = Literal["chat-vlm", "qwen2-vl", "blip", "clip", "siglip", "siglip2"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 
 BUILTIN_PREFIX = "builtin:"
@@ -100,6 +102,15 @@ class ModelSpec(_Frozen):
         None,
         description="'generate' (images + prompt -> text) or 'embed' (image/text -> vector, "
         "zero-shot classify). Inferred from the model's config when not set.",
+    )
+    family: FamilyName | None = Field(
+        None,
+        description="Run the model as this family instead of the one its config's model_type "
+        "names, for an architecture raysight does not list (such a model is refused at load "
+        "otherwise). Generative: 'chat-vlm' (a chat template and one pixel_values row per "
+        "image, as LLaVA), 'qwen2-vl', 'blip'; dual encoders: 'clip' (softmax over labels), "
+        "'siglip' (sigmoid per label, texts padded to max length), 'siglip2' (SigLIP with "
+        "NaFlex image inputs).",
     )
     dtype: DType = Field(
         "auto", description="Weights dtype. 'auto' is float32 on CPU and bfloat16 on CUDA."

@@ -94,23 +94,11 @@ class EmbedEngine(Engine):
 
     def _prepared_image(self, kind: str, image, labels: tuple[str, ...] = ()) -> PreparedEmbed:
         key = image_key(image) if self.spec.vision_cache_bytes else None
-        return PreparedEmbed(kind, self._image_tensors(image), labels, image_key=key)
-
-    def _image_tensors(self, image) -> dict[str, Any]:
-        return {"pixel_values": self.processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]}
+        return PreparedEmbed(kind, self.family.image_tensors(self.processor, image), labels,
+                             image_key=key)
 
     def _text_tensors(self, texts: list[str]) -> dict[str, Any]:
-        padding = self.family.text_padding
-        encoded = self.tokenizer(
-            texts,
-            padding=padding,
-            truncation=True,
-            max_length=self.max_text_tokens,
-            return_tensors="pt",
-        )
-        tensors = {"input_ids": encoded["input_ids"]}
-        tensors["attention_mask"] = encoded.get("attention_mask", (encoded["input_ids"] * 0 + 1))
-        return tensors
+        return self.family.text_tensors(self.tokenizer, texts, self.max_text_tokens)
 
     # -- 2. infer ------------------------------------------------------------------------
     def infer(self, batch: list[PreparedEmbed]) -> list[Any]:
@@ -145,34 +133,44 @@ class EmbedEngine(Engine):
         )
 
     def _encode_images(self, items: list[dict]):
+        """Normalised vectors of these images' tensors, max_batch_size images per forward."""
         import torch
 
-        if not items:
-            return []
-        pixels = torch.cat([item["pixel_values"] for item in items], dim=0)
-        pixels = pixels.to(self.device, dtype=self.dtype)
-        features = _projected(self.model.get_image_features(pixel_values=pixels))
-        return torch.nn.functional.normalize(features.float(), dim=-1)
+        from raysight.engines.vision import on_device
+
+        vectors = []
+        for chunk in self._chunks(items):
+            inputs = [on_device(item, self.device, self.dtype) for item in chunk]
+            features = self.family.encode_images(self.model, inputs)
+            vectors.extend(torch.nn.functional.normalize(features.float(), dim=-1))
+        return vectors
 
     def _text_vectors(self, items: list[dict]):
+        """Normalised vectors of these texts' tensors, max_batch_size texts per forward.
+
+        A chunk is padded on the right to its longest text (masked), which leaves each
+        text's vector as it is alone; max_length families give equal widths anyway."""
         import torch
 
-        if not items:
-            return []
-        width = max(item["input_ids"].shape[1] for item in items)
         pad = self.tokenizer.pad_token_id or 0
-        ids = torch.full((len(items), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(items), width), dtype=torch.long)
-        for row, item in enumerate(items):
-            length = item["input_ids"].shape[1]
-            ids[row, :length] = item["input_ids"][0]
-            mask[row, :length] = item["attention_mask"][0]
-        features = _projected(
-            self.model.get_text_features(
-                input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
+        vectors = []
+        for chunk in self._chunks(items):
+            width = max(item["input_ids"].shape[1] for item in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, item in enumerate(chunk):
+                length = item["input_ids"].shape[1]
+                ids[row, :length] = item["input_ids"][0]
+                mask[row, :length] = item["attention_mask"][0]
+            features = self.family.encode_texts(
+                self.model, ids.to(self.device), mask.to(self.device)
             )
-        )
-        return torch.nn.functional.normalize(features.float(), dim=-1)
+            vectors.extend(torch.nn.functional.normalize(features.float(), dim=-1))
+        return vectors
+
+    def _chunks(self, items: list) -> list[list]:
+        size = self.spec.max_batch_size
+        return [items[start : start + size] for start in range(0, len(items), size)]
 
     def _classify(self, image_vector, labels: tuple[str, ...]) -> Classification:
         import torch
@@ -196,8 +194,3 @@ class EmbedEngine(Engine):
         if isinstance(output, (Classification, RaysightError)):
             return output
         raise TypeError(f"unexpected embed output {type(output).__name__}")
-
-
-def _projected(output):
-    """transformers 5 returns an output object; the projected vector is its pooler_output."""
-    return getattr(output, "pooler_output", output)

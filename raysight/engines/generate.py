@@ -81,18 +81,8 @@ class GenerateEngine(Engine):
         super().__init__(loaded)
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self.tokenizer = tokenizer
-        config = self.model.generation_config
-        eos = config.eos_token_id
-        if eos is None:
-            eos = tokenizer.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
-        # Families like BLIP stop on [SEP]; take it from the text config when it is set.
-        text_config = getattr(self.model.config, "text_config", None)
-        sep = getattr(text_config, "sep_token_id", None)
-        if self.family.name == "blip" and sep is not None:
-            self.eos_ids.add(sep)
-        pad = config.pad_token_id if config.pad_token_id is not None else tokenizer.pad_token_id
-        self.pad_token_id = pad if pad is not None else next(iter(self.eos_ids))
+        self.eos_ids = self.family.stop_token_ids(self.model, tokenizer)
+        self.pad_token_id = self.family.pad_token_id(self.model, tokenizer, self.eos_ids)
         self.caches = EngineCaches(self.spec)
         install_preprocess_cache(self.processor, self.caches.preprocess)
         self.image_features = self._image_feature_cache()
@@ -100,7 +90,9 @@ class GenerateEngine(Engine):
     def _image_feature_cache(self):
         from raysight.engines.vision import ImageFeatureCache, accepts_encoder_outputs
 
-        if self.caches.vision is None or not accepts_encoder_outputs(self.model):
+        reusable = (accepts_encoder_outputs(self.model)
+                    and self.family.reuses_image_features(self.loaded.model_type))
+        if self.caches.vision is None or not reusable:
             self.caches.vision = None  # BLIP and others encode their pixels inside generate
             return None
         return ImageFeatureCache(

@@ -39,12 +39,10 @@ class ImageFeatureCache:
     def encoder_outputs(self, items: list) -> dict[str, Any] | None:
         """`mm_encoder_outputs` for these ModelInputs, in batch order, or None when an item's
         images cannot be split per image (then generate encodes the pixels itself)."""
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
-
         keys: list[str] = []
         images: dict[str, dict[str, Any]] = {}
         for item in items:
-            if "pixel_values" not in item.tensors:
+            if not self.family.has_images(item.tensors):
                 continue
             parts = self.family.split_images(item.tensors)
             if parts is None or len(parts) != len(item.image_keys):
@@ -59,8 +57,7 @@ class ImageFeatureCache:
             inputs = [on_device(images[key], self.device, self.dtype) for key in missing]
             return self.family.encode_images(self.model, inputs)
 
-        features = cached_batch(self.cache, keys, encode)
-        return {"image": BaseModelOutputWithPooling(pooler_output=tuple(features))}
+        return self.family.encoder_outputs(cached_batch(self.cache, keys, encode))
 
 
 def on_device(tensors: dict[str, Any], device: str, dtype) -> dict[str, Any]:

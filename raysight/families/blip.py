@@ -32,6 +32,13 @@ class BlipFamily(GenerativeFamily):
             prompt_tokens = 1
         return ModelInputs(tensors=tensors, prompt_tokens=prompt_tokens)
 
+    def stop_token_ids(self, model, tokenizer) -> frozenset[int]:
+        """BLIP's decoder ends a caption with [SEP] (its text config's sep_token_id), which
+        its generation config may not list as end-of-sequence."""
+        ids = super().stop_token_ids(model, tokenizer)
+        sep = getattr(getattr(model.config, "text_config", None), "sep_token_id", None)
+        return ids | {sep} if sep is not None else ids
+
     def batch_key(self, inputs: ModelInputs) -> Hashable:
         return inputs.prompt_tokens
 

@@ -56,6 +56,10 @@ class Qwen2VLFamily(GenerativeFamily):
 
     name = "qwen2-vl"
     model_types = ("qwen2_vl", "qwen2_5_vl")
+    # Each image's patches and its grid go to the vision tower; encoder_only_keys stays
+    # pixel_values alone: generate still needs image_grid_thw (with mm_token_type_ids) to
+    # place the image tokens' M-RoPE positions.
+    image_inputs = ("pixel_values", "image_grid_thw")
 
     def load_processor(self, source: str, **kwargs):
         from transformers import AutoProcessor
@@ -67,9 +71,6 @@ class Qwen2VLFamily(GenerativeFamily):
                 logger.warning("stock Qwen2-VL processor failed (%s); using image-only", exc)
         return Qwen2VLImageOnlyProcessor.from_pretrained(source, **kwargs)
 
-    # encoder_only_keys stays pixel_values alone: generate still needs image_grid_thw (with
-    # mm_token_type_ids) to place the image tokens' M-RoPE positions.
-
     def split_images(self, tensors: dict[str, Any]) -> list[dict[str, Any]] | None:
         """Each image's rows of flattened patches (grid t*h*w of them) and its grid."""
         pixels, grids = tensors.get("pixel_values"), tensors.get("image_grid_thw")
@@ -80,13 +81,3 @@ class Qwen2VLFamily(GenerativeFamily):
             {"pixel_values": patches, "image_grid_thw": grid[None]}
             for patches, grid in zip(pixels.split(rows), grids)
         ]
-
-    def encode_images(self, model, images: list[dict[str, Any]]) -> list[Any]:
-        import torch
-
-        output = model.get_image_features(
-            pixel_values=torch.cat([image["pixel_values"] for image in images], dim=0),
-            image_grid_thw=torch.cat([image["image_grid_thw"] for image in images], dim=0),
-            return_dict=True,
-        )
-        return list(output.pooler_output)
