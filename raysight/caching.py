@@ -16,6 +16,8 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Iterable
 
@@ -119,10 +121,36 @@ def tensor_bytes(value: Any) -> int:
 
 
 def image_key(image) -> str:
-    """The content key of a decoded image: equal pixels (and mode and size), equal key."""
+    """The content key of a decoded image: equal pixels (and mode and size), equal key.
+
+    It hashes every pixel, so an engine computes it once per image and request and hands it
+    to the preprocess cache with `known_image_keys` instead of letting it hash again."""
     from raysight.images import image_digest
 
     return image_digest(image)
+
+
+# (image, key) pairs an engine has already hashed, for the call in progress (see below).
+_known_keys: ContextVar[tuple[tuple[Any, str], ...]] = ContextVar("known_image_keys",
+                                                                   default=())
+
+
+@contextmanager
+def known_image_keys(images: Iterable[Any], keys: Iterable[str]):
+    """Within the block, `CachingImageProcessor` takes these images' keys as given (matched
+    by identity, so only these very objects) instead of hashing their pixels again."""
+    token = _known_keys.set(tuple(zip(images, keys)))
+    try:
+        yield
+    finally:
+        _known_keys.reset(token)
+
+
+def _key_of(image) -> str:
+    for known, key in _known_keys.get():
+        if known is image:
+            return key
+    return image_key(image)
 
 
 def digest(parts: Iterable[Any]) -> str:
@@ -204,7 +232,7 @@ class CachingImageProcessor:
         settings = (self._settings, _kwargs_fingerprint(kwargs))
         parts = []
         for image in flat:
-            key = (image_key(image), settings)
+            key = (_key_of(image), settings)
             part = self.cache.get(key)
             if part is None:
                 part = dict(self.inner([image], **kwargs))

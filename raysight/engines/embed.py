@@ -7,7 +7,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from raysight.caching import EngineCaches, cached_batch, image_key, install_preprocess_cache
+from raysight.caching import (EngineCaches, cached_batch, image_key, install_preprocess_cache,
+                              known_image_keys)
 from raysight.engines.base import Engine
 from raysight.errors import InvalidRequest, RaysightError
 
@@ -35,7 +36,7 @@ class PreparedEmbed:
     tensors: dict[str, Any]
     labels: tuple[str, ...] = ()
     tokens: int = 0
-    image_key: str | None = None  # the image's content key, when the vision cache is on
+    image_key: str | None = None  # the image's content key, when a cache needs it
 
 
 @dataclass
@@ -93,9 +94,12 @@ class EmbedEngine(Engine):
         return PreparedEmbed("text", tensors, tokens=int(tensors["attention_mask"].sum()))
 
     def _prepared_image(self, kind: str, image, labels: tuple[str, ...] = ()) -> PreparedEmbed:
-        key = image_key(image) if self.spec.vision_cache_bytes else None
-        return PreparedEmbed(kind, self.family.image_tensors(self.processor, image), labels,
-                             image_key=key)
+        # Hashed once here; the preprocess cache reuses the key instead of hashing again.
+        cached = self.spec.vision_cache_bytes or self.spec.preprocess_cache_bytes
+        key = image_key(image) if cached else None
+        with known_image_keys([image], [key] if key else []):
+            tensors = self.family.image_tensors(self.processor, image)
+        return PreparedEmbed(kind, tensors, labels, image_key=key)
 
     def _text_tensors(self, texts: list[str]) -> dict[str, Any]:
         return self.family.text_tensors(self.tokenizer, texts, self.max_text_tokens)

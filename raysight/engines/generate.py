@@ -12,7 +12,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
-from raysight.caching import EngineCaches, digest, image_key, install_preprocess_cache
+from raysight.caching import (EngineCaches, digest, image_key, install_preprocess_cache,
+                              known_image_keys)
 from raysight.chat import count_images, prompt_messages, split_messages
 from raysight.engines.base import Engine
 from raysight.errors import InvalidRequest, RaysightError
@@ -125,9 +126,12 @@ class GenerateEngine(Engine):
         messages, images = split_messages(
             request.messages, lambda source: load_image(source, spec.images)
         )
-        inputs = self.family.build_inputs(self.processor, messages, images)
-        if images and (spec.vision_cache_bytes or spec.response_cache):
-            inputs = dataclasses.replace(inputs, image_keys=tuple(map(image_key, images)))
+        # Each image is hashed once, here; the preprocess cache is handed the same keys.
+        keys = tuple(map(image_key, images)) if images and self._needs_image_keys else ()
+        with known_image_keys(images, keys):
+            inputs = self.family.build_inputs(self.processor, messages, images)
+        if keys:
+            inputs = dataclasses.replace(inputs, image_keys=keys)
         if inputs.prompt_tokens > spec.max_text_tokens:
             raise InvalidRequest(
                 f"the prompt is {inputs.prompt_tokens} tokens long; this model accepts at most "
@@ -153,6 +157,12 @@ class GenerateEngine(Engine):
             group=group,
             response_key=response_key,
         )
+
+    @property
+    def _needs_image_keys(self) -> bool:
+        """Whether any cache looks images up by content (and so needs their keys)."""
+        spec = self.spec
+        return bool(spec.preprocess_cache_bytes or spec.vision_cache_bytes or spec.response_cache)
 
     # -- 2. infer (device, one batched call per compatible group) ------------------------
     def infer(self, batch: list[PreparedChat]) -> list[GeneratedTokens | RaysightError]:

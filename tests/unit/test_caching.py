@@ -154,6 +154,49 @@ def test_clip_vectors_are_the_same_from_the_cache(engines, rng):
             assert np.allclose(got.probs, expected.probs, atol=1e-5)
 
 
+class _DigestCalls:
+    """Counts calls of raysight.images.image_digest (the hash over every pixel)."""
+
+    def __init__(self, monkeypatch):
+        import raysight.images
+
+        self.calls = 0
+        self.digest = raysight.images.image_digest
+        monkeypatch.setattr(raysight.images, "image_digest", self)
+
+    def __call__(self, image):
+        self.calls += 1
+        return self.digest(image)
+
+
+@pytest.mark.parametrize("arch", ["qwen2-vl", "llava"])
+def test_each_image_is_hashed_once_per_chat(engines, rng, arch, monkeypatch):
+    """With every cache on (preprocess, vision and response), each image of a request is
+    hashed once: the preprocess cache is handed the key the engine computed."""
+    # Its own engine (a distinct cache size): the response-cache test counts from zero.
+    engine = engines(arch, response_cache=True, response_cache_bytes=1 << 20)
+    chat_turns = [{"role": "user", "content": [
+        {"type": "image", "image": noise_image(rng, 32, 32)},
+        {"type": "text", "text": "Compare"},
+        {"type": "image", "image": noise_image(rng, 40, 48)},
+    ]}]
+    counter = _DigestCalls(monkeypatch)
+    result = engine.run([GenerateRequest(messages=chat_turns, max_new_tokens=3)])[0]
+    assert isinstance(result, GenerateResult)
+    assert counter.calls == 2
+    stats = engine.cache_stats()
+    assert stats["preprocess"].misses >= 2 and stats["response"].misses >= 1
+
+
+def test_each_image_is_hashed_once_per_embed_request(engines, rng, monkeypatch):
+    engine = engines("clip")
+    counter = _DigestCalls(monkeypatch)
+    results = engine.run([EmbedRequest(image=noise_image(rng, 32, 32)),
+                          EmbedRequest(image=noise_image(rng, 40, 40), labels=["a", "b"])])
+    assert isinstance(results[0], Embedding) and isinstance(results[1], Classification)
+    assert counter.calls == 2
+
+
 @pytest.mark.parametrize("arch", ["qwen2-vl", "clip"])
 def test_caches_stay_within_their_byte_bound_over_a_long_run(tiny_models, rng, arch):
     """Many distinct images through small caches: bytes never pass the bound, entries are
