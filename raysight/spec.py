@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from raysight.errors import ConfigError
 from raysight.paths import absolute_if_exists
+from raysight.sampling import NewTokens, Temperature, TopP
 
 Task = Literal["generate", "embed"]
 # raysight.families.FAMILY_NAMES, repeated here so a spec is checked without transformers.
@@ -78,12 +79,14 @@ class ImageInputPolicy(_Frozen):
 class GenerationDefaults(_Frozen):
     """Sampling settings used when a request does not give its own."""
 
-    max_new_tokens: int = Field(64, gt=0, description="Default number of new tokens.")
-    max_new_tokens_limit: int = Field(
-        1024, gt=0, description="Largest max_new_tokens a request may ask for."
+    max_new_tokens: NewTokens = Field(64, description="Default number of new tokens.")
+    max_new_tokens_limit: NewTokens = Field(
+        1024, description="Largest max_new_tokens a request may ask for."
     )
-    temperature: float = Field(0.0, ge=0.0, description="0 means greedy decoding.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    temperature: Temperature = Field(
+        0.0, description="0 means greedy decoding; at most 2, as a request may ask."
+    )
+    top_p: TopP = Field(1.0, description="Nucleus sampling mass, in (0, 1].")
 
 
 class ModelSpec(_Frozen):

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from raysight.engines.embed import EmbedRequest
 from raysight.engines.generate import GenerateRequest, GenerateResult
 from raysight.errors import InvalidRequest
+from raysight.sampling import NewTokens, Temperature, TopP
 
 
 class _Body(BaseModel):
@@ -59,10 +60,11 @@ class StreamOptions(_Body):
 class ChatCompletionRequest(_Body):
     model: str | None = None
     messages: list[Any] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+    # Ranges from raysight.sampling, the one place the engine checks them too.
+    max_tokens: NewTokens | None = None
+    max_completion_tokens: NewTokens | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     # Known options raysight cannot honour; refused unless left at their defaults.
@@ -234,7 +236,7 @@ class PredictRequest(_Body):
     prompt: str | None = None
     image: str | None = None
     model: str | None = None
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: NewTokens | None = None
 
     def to_generate_request(self) -> GenerateRequest:
         missing = [name for name in ("prompt", "image") if not getattr(self, name)]

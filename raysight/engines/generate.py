@@ -18,6 +18,7 @@ from raysight.chat import count_images, prompt_messages, split_messages
 from raysight.engines.base import Engine
 from raysight.errors import InvalidRequest, RaysightError
 from raysight.families import ModelInputs
+from raysight.sampling import resolve_sampling
 
 logger = logging.getLogger(__name__)
 
@@ -109,19 +110,13 @@ class GenerateEngine(Engine):
         from raysight.images import check_image_count, load_image
 
         spec = self.spec
-        defaults = spec.generation
-        max_new = request.max_new_tokens or defaults.max_new_tokens
-        if max_new > defaults.max_new_tokens_limit:
-            raise InvalidRequest(
-                f"max_new_tokens={max_new} is over this model's limit of "
-                f"{defaults.max_new_tokens_limit} (generation.max_new_tokens_limit)"
-            )
-        temperature = defaults.temperature if request.temperature is None else request.temperature
-        top_p = defaults.top_p if request.top_p is None else request.top_p
-        if temperature < 0 or not 0 < top_p <= 1:
-            raise InvalidRequest("temperature must be >= 0 and top_p in (0, 1]")
-        if request.min_new_tokens > max_new:
-            raise InvalidRequest("min_new_tokens must not be above max_new_tokens")
+        sampling = resolve_sampling(
+            spec.generation,
+            max_new_tokens=request.max_new_tokens,
+            min_new_tokens=request.min_new_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+        )
         check_image_count(count_images(request.messages), spec.images)
         messages, images = split_messages(
             request.messages, lambda source: load_image(source, spec.images)
@@ -137,22 +132,22 @@ class GenerateEngine(Engine):
                 f"the prompt is {inputs.prompt_tokens} tokens long; this model accepts at most "
                 f"{spec.max_text_tokens} (max_text_tokens)"
             )
-        greedy = temperature == 0
         group = (
             self.family.batch_key(inputs),
-            request.min_new_tokens,
-            None if greedy else (temperature, top_p),
+            sampling.min_new_tokens,
+            None if sampling.greedy else (sampling.temperature, sampling.top_p),
         )
         response_key = None
-        if greedy and spec.response_cache:
+        if sampling.greedy and spec.response_cache:
             response_key = digest([spec.model, spec.revision, inputs.tensors.get("input_ids"),
-                                   inputs.image_keys, max_new, request.min_new_tokens])
+                                   inputs.image_keys, sampling.max_new_tokens,
+                                   sampling.min_new_tokens])
         return PreparedChat(
             inputs=inputs,
-            max_new_tokens=max_new,
-            min_new_tokens=request.min_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
+            max_new_tokens=sampling.max_new_tokens,
+            min_new_tokens=sampling.min_new_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
             on_text=request.on_text,
             group=group,
             response_key=response_key,

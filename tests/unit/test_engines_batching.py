@@ -131,12 +131,12 @@ def test_sampling_settings_are_honoured(engines, rng):
     image = noise_image(rng, 32, 32)
     greedy = GenerateRequest.from_prompt("hi", image, max_new_tokens=8, min_new_tokens=8)
     hot = GenerateRequest.from_prompt(
-        "hi", image, max_new_tokens=8, min_new_tokens=8, temperature=5.0, top_p=1.0
+        "hi", image, max_new_tokens=8, min_new_tokens=8, temperature=2.0, top_p=1.0
     )
     greedy_runs = {tuple(engine.run([greedy])[0].token_ids) for _ in range(3)}
     hot_runs = {tuple(r.token_ids) for r in engine.run([hot, hot, hot, greedy])[:3]}
     assert len(greedy_runs) == 1
-    assert len(hot_runs) > 1  # three draws at temperature 5 over a 600-token vocab differ
+    assert len(hot_runs) > 1  # three draws at temperature 2 (the most allowed) differ
 
 
 def test_streaming_pieces_add_up_to_the_answer(engines, rng):

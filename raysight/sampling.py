@@ -1,0 +1,82 @@
+"""Sampling settings and their limits, in one place.
+
+The HTTP API's request bodies, the ModelSpec's generation defaults and the generate engine
+all take their ranges from here, so a value one accepts the others accept too:
+temperature in [0, 2] (0 is greedy decoding), top_p in (0, 1], token counts positive.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from raysight.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from raysight.spec import GenerationDefaults
+
+MAX_TEMPERATURE = 2.0  # OpenAI's bound; hotter than this is noise
+
+Temperature = Annotated[float, Field(ge=0.0, le=MAX_TEMPERATURE)]
+TopP = Annotated[float, Field(gt=0.0, le=1.0)]
+NewTokens = Annotated[int, Field(ge=1)]
+
+
+class Sampling(BaseModel):
+    """One request's sampling once the spec's defaults fill what it left out."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_new_tokens: NewTokens
+    min_new_tokens: int = Field(0, ge=0)
+    temperature: Temperature
+    top_p: TopP
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> "Sampling":
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError("min_new_tokens must not be above max_new_tokens")
+        return self
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def resolve_sampling(
+    defaults: "GenerationDefaults",
+    *,
+    max_new_tokens: int | None = None,
+    min_new_tokens: int = 0,
+    temperature: float | None = None,
+    top_p: float | None = None,
+) -> Sampling:
+    """A request's sampling with `defaults` for the unset fields, checked; a value out of
+    range (or max_new_tokens over the spec's limit) is an InvalidRequest naming it."""
+    max_new = defaults.max_new_tokens if max_new_tokens is None else max_new_tokens
+    try:
+        sampling = Sampling(
+            max_new_tokens=max_new,
+            min_new_tokens=min_new_tokens,
+            temperature=defaults.temperature if temperature is None else temperature,
+            top_p=defaults.top_p if top_p is None else top_p,
+        )
+    except ValidationError as exc:
+        raise InvalidRequest(problems(exc)) from None
+    if sampling.max_new_tokens > defaults.max_new_tokens_limit:
+        raise InvalidRequest(
+            f"max_new_tokens={sampling.max_new_tokens} is over this model's limit of "
+            f"{defaults.max_new_tokens_limit} (generation.max_new_tokens_limit)"
+        )
+    return sampling
+
+
+def problems(exc: ValidationError) -> str:
+    """pydantic's report as one line: 'field: message; field: message'."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
