@@ -34,7 +34,8 @@ class Measured:
 class EngineRunner:
     """One engine and the requests of a scenario (the same images the clients send)."""
 
-    def __init__(self, folder: str, max_batch_size: int, images: int = 64, max_tokens: int = 16):
+    def __init__(self, folder: str, max_batch_size: int, images: int = 64, max_tokens: int = 16,
+                 **spec_options):
         from raysight.engines import build_engine
         from raysight.spec import ModelSpec
 
@@ -42,9 +43,11 @@ class EngineRunner:
 
         use_all_cores()
         # Caches off: the ceiling is the model's work on images it has not seen (the
-        # servers get a new image with every request, see bench/loadgen.py).
+        # servers get a new image with every request, see bench/loadgen.py). `spec_options`:
+        # other ModelSpec fields (the GPU check's device and dtype).
         self.engine = build_engine(ModelSpec(model=folder, max_batch_size=max_batch_size,
-                                             preprocess_cache_bytes=0, vision_cache_bytes=0))
+                                             preprocess_cache_bytes=0, vision_cache_bytes=0,
+                                             **spec_options))
         urls = [data_url(image) for image in jpeg_images(images, seed=1)]
         if self.engine.task == "embed":
             from raysight.engines.embed import EmbedRequest

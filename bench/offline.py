@@ -40,11 +40,15 @@ def jpeg_folder(count: int) -> Path:
 class PlainLoop:
     """The hand-written loop over a folder of JPEGs, its model loaded once (not timed)."""
 
-    def __init__(self, model_folder: str, images: Path, batch: int):
+    def __init__(self, model_folder: str, images: Path, batch: int, device: str = "cpu",
+                 dtype: str = "float32"):
+        import torch
         from transformers import AutoModel, AutoProcessor
 
         self.processor = AutoProcessor.from_pretrained(model_folder)
-        self.model = AutoModel.from_pretrained(model_folder).eval()
+        self.dtype = getattr(torch, dtype)
+        self.device = device
+        self.model = AutoModel.from_pretrained(model_folder, dtype=self.dtype).to(device).eval()
         self.paths = sorted(str(path) for path in images.glob("*.jpg"))
         self.batch = batch
 
@@ -68,9 +72,10 @@ class PlainLoop:
                     images=[Image.open(path).convert("RGB") for path in chunk],
                     return_tensors="pt")["pixel_values"]
                 with torch.inference_mode():
-                    features = self.model.get_image_features(pixel_values=pixels)
-                features = getattr(features, "pooler_output", features)
-                vectors.extend(torch.nn.functional.normalize(features, dim=-1).tolist())
+                    features = self.model.get_image_features(
+                        pixel_values=pixels.to(self.device, dtype=self.dtype))
+                features = getattr(features, "pooler_output", features).float()
+                vectors.extend(torch.nn.functional.normalize(features, dim=-1).cpu().tolist())
                 done.extend(chunk)
                 count += len(chunk)
             if segment == segments - 1:
@@ -84,12 +89,13 @@ class PlainLoop:
 
 
 def embed_job(model_folder: str, images: Path, output: Path, batch: int,
-              torch_threads: int | None) -> tuple[float, dict]:
-    """Images per second of `run_embed` end to end (plan, actors, model load, write)."""
+              torch_threads: int | None, **spec_options) -> tuple[float, dict]:
+    """Images per second of `run_embed` end to end (plan, actors, model load, write);
+    `spec_options`: other ModelSpec fields (the GPU check's device and dtype)."""
     from batch_jobs.embed import run_embed
     from raysight.spec import ModelSpec
 
-    spec = ModelSpec(model=model_folder, max_batch_size=batch)
+    spec = ModelSpec(model=model_folder, max_batch_size=batch, **spec_options)
     started = time.perf_counter()
     summary = run_embed(spec, str(images), str(output), batch_size=batch,
                         torch_threads=torch_threads, overwrite=True, progress=False)

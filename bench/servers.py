@@ -50,10 +50,12 @@ def wait_until_up(url: str, timeout_s: float, process: subprocess.Popen | None =
 
 @contextmanager
 def raysight_server(folder: str, name: str, max_batch_size: int, max_clients: int,
-                    batch_wait_s: float | None = None) -> Iterator[str]:
+                    batch_wait_s: float | None = None, with_mbs1: bool = True,
+                    num_gpus: float = 0.0, **spec_options) -> Iterator[str]:
     """raysight on the Ray this process runs: model `name` at `max_batch_size` (and
-    `batch_wait_s`, default the ModelSpec's) and `name`-mbs1 at max_batch_size 1, both with
-    the default deployment options."""
+    `batch_wait_s`, default the ModelSpec's) and, `with_mbs1`, `name`-mbs1 at max_batch_size
+    1, both with the default deployment options but `num_gpus` per replica (0.5: the two
+    share one GPU) and other ModelSpec fields in `spec_options`."""
     from ray import serve
 
     from raysight.spec import ModelSpec
@@ -63,15 +65,18 @@ def raysight_server(folder: str, name: str, max_batch_size: int, max_clients: in
     # Room for every client: the 503s of a full queue would be measured as errors. And a
     # replica that may hold every client, as the README advises for a known concurrency:
     # past max_ongoing_requests Serve's router holds requests back with a backoff.
-    deployment = {"max_queued_requests": 4 * max_clients, "max_ongoing_requests": max_clients}
+    deployment = {"max_queued_requests": 4 * max_clients, "max_ongoing_requests": max_clients,
+                  "num_gpus": num_gpus}
+    wait = {} if batch_wait_s is None else {"batch_wait_timeout_s": batch_wait_s}
     models = [
         ServedModel(spec=ModelSpec(model=folder, name=name, max_batch_size=max_batch_size,
-                                   **({} if batch_wait_s is None
-                                      else {"batch_wait_timeout_s": batch_wait_s})),
-                    deployment=deployment),
-        ServedModel(spec=ModelSpec(model=folder, name=f"{name}-mbs1", max_batch_size=1),
+                                   **wait, **spec_options),
                     deployment=deployment),
     ]
+    if with_mbs1:
+        models.append(ServedModel(spec=ModelSpec(model=folder, name=f"{name}-mbs1",
+                                                 max_batch_size=1, **spec_options),
+                                  deployment=deployment))
     config = ServeConfig(models=models, port=free_port(), app_name=f"bench-{name}")
     url = start_serving(config)
     try:
