@@ -41,13 +41,14 @@ def build_bench_model(role: str, architecture: str, size_name: str) -> BenchMode
     marker = folder / "bench-model.json"
     if not marker.exists():
         build_random_model(architecture, folder, size)
-        marker.write_text(json.dumps(_count_params(folder)))
+        marker.write_text(json.dumps(count_params(folder)))
     counts = json.loads(marker.read_text())
     return BenchModel(role, architecture, size_name, str(folder), counts["params"],
                       counts["vision_params"])
 
 
-def _count_params(folder: Path) -> dict[str, int]:
+def count_params(folder: Path) -> dict[str, int]:
+    """All parameters in the safetensors of `folder`, and those of the vision tower."""
     from safetensors import safe_open
 
     total = vision = 0
