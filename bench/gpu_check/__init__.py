@@ -20,12 +20,7 @@ fails. Made for one GPU in <= 8 minutes; every step's time is printed and kept i
 ``python -m bench.gpu_check --device cpu --tiny`` runs the same steps on tiny models on the
 CPU; CI runs it that way (tests/integration/test_gpu_check_smoke.py).
 
-On the device machine this workplace lends (one H200; its image has torch 2.11 with CUDA,
-transformers 5.17, pydantic and pyarrow, but no Ray, FastAPI or faiss, and no network), from
-a fresh checkout the missing packages travel as wheels in ``.whl`` (the README's
-Benchmarks section says how to fetch them) and the whole check is one command:
-
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl \\
-      && export PYTHONPATH=/tmp/site:$PWD RAY_AUTH_MODE=disabled HF_HUB_OFFLINE=1 \\
-      && PYTHONUNBUFFERED=1 timeout 540 python3 -m bench.gpu_check --out $OUT/gpu_check.json
+On a GPU machine without network (torch with CUDA installed, Python 3.12), the packages it
+lacks travel as wheels packed by ``python -m bench.gpu_check.bundle``; the README's
+Benchmarks section (*The GPU check*) gives the exact commands from a fresh checkout.
 """
