@@ -9,8 +9,9 @@ import platform
 import tempfile
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from bench.gpu_check.settings import CheckSettings
 
@@ -110,7 +111,14 @@ def run(settings: CheckSettings, device: str, out: Path, models_dir: Path | None
             return check.payload
         uncached = check.step("batched_equals_single", lambda: equality(check, folders))
         check.step("vision_cache", lambda: vision_cache(check, folders, uncached or {}))
-        check.step("throughput", lambda: throughput(check, folders, reader, Path(scratch)))
+        try:
+            with private_ray():
+                for kind in ("embeddings", "generation"):
+                    check.step(f"throughput_{kind}",
+                               lambda kind=kind: throughput(check, kind, folders, reader))
+                check.step("offline_embed", lambda: offline(check, folders, reader, Path(scratch)))
+        except Exception as exc:  # noqa: BLE001 - Ray itself did not start (or stop)
+            check.verdict("ray", False, error=f"{type(exc).__name__}: {exc}"[:2000])
     check.write()
     return check.payload
 
@@ -206,40 +214,60 @@ def vision_cache(check: Check, folders: dict[str, str], references: dict) -> Non
         free_device_memory()
 
 
-def throughput(check: Check, folders: dict[str, str], reader, scratch: Path) -> None:
-    """The ceiling and `raysight serve` for embeddings and generation, then the offline job,
-    on one private local Ray."""
+@contextmanager
+def private_ray() -> Iterator[None]:
+    """A local Ray of this process's own for `raysight serve` and the offline job."""
     import ray
 
-    from bench.gpu_check import throughput as measure
-
-    s = check.settings
-    on_gpu = check.device.startswith("cuda")
-    options = {"device": check.device, "dtype": "bfloat16" if on_gpu else "float32"}
-    figures = check.payload["figures"]
     ray.init(address="local", log_to_driver=False, include_dashboard=False,
              configure_logging=False)
     try:
-        for kind, arch, path in (("embeddings", s.embed_arch, "/v1/embeddings"),
-                                 ("generation", s.generate_arch, "/v1/chat/completions")):
-            rows = measure.ceiling(folders[arch], s.clients, s.max_batch_size, s.window_s,
-                                   s.new_tokens, reader, **options)
-            rows += measure.served(folders[arch], arch, path, s.clients, s.max_batch_size,
-                                   s.window_s, s.new_tokens, 1.0 if on_gpu else 0.0, reader,
-                                   **options)
-            figures[kind] = rows
-            for row in rows:
-                check.log(f"   {kind} {row['variant']:8s} {row['clients']:3d} clients: "
-                          f"{row['requests_per_s']} req/s, {row['tokens_per_s']} tok/s, "
-                          f"GPU busy {row['gpu_busy_pct']}%")
-            check.verdict(f"served/{kind}", all(r["requests_per_s"] > 0 for r in rows),
-                          points=len(rows))
-        from ray import serve
-
-        serve.shutdown()
-        result = measure.offline(folders[s.embed_arch], s.offline_images, s.offline_batch,
-                                 s.offline_loop_s, scratch, **options, reader=reader)
-        figures["offline_embed"] = result
-        check.verdict("offline_embed", result["job_images_per_s"] > 0, images=s.offline_images)
+        yield
     finally:
         ray.shutdown()
+
+
+def _options(check: Check) -> dict[str, str]:
+    """The device and dtype the throughput steps serve in: bfloat16 on a GPU."""
+    return {"device": check.device,
+            "dtype": "bfloat16" if check.device.startswith("cuda") else "float32"}
+
+
+def throughput(check: Check, kind: str, folders: dict[str, str], reader) -> None:
+    """The engine's ceiling, then `raysight serve` (one replica, one whole GPU), for
+    `kind` ("embeddings" or "generation") at every client count."""
+    from bench.gpu_check import throughput as measure
+
+    s = check.settings
+    arch, path = ((s.embed_arch, "/v1/embeddings") if kind == "embeddings"
+                  else (s.generate_arch, "/v1/chat/completions"))
+    options = _options(check)
+    rows = measure.ceiling(folders[arch], s.clients, s.max_batch_size, s.window_s,
+                           s.new_tokens, reader, **options)
+    check.payload["figures"][kind] = rows
+    # The app is deleted at the end (its replica gives the GPU back); Serve's controller
+    # and proxy stay up for the next kind.
+    rows += measure.served(folders[arch], arch, path, s.clients, s.max_batch_size,
+                           s.window_s, s.new_tokens,
+                           1.0 if check.device.startswith("cuda") else 0.0, reader, **options)
+    for row in rows:
+        check.log(f"   {kind} {row['variant']:8s} {row['clients']:3d} clients: "
+                  f"{row['requests_per_s']} req/s, {row['tokens_per_s']} tok/s, "
+                  f"GPU busy {row['gpu_busy_pct']}%")
+    served = [row for row in rows if row["variant"] == "served"]
+    check.verdict(f"served/{kind}", len(served) == len(s.clients)
+                  and all(r["requests_per_s"] > 0 for r in served), points=len(served))
+
+
+def offline(check: Check, folders: dict[str, str], reader, scratch: Path) -> None:
+    """The embed job against the plain loop over the same JPEGs, with Serve gone."""
+    from ray import serve
+
+    from bench.gpu_check import throughput as measure
+
+    serve.shutdown()
+    s = check.settings
+    result = measure.offline(folders[s.embed_arch], s.offline_images, s.offline_batch,
+                             s.offline_loop_s, scratch, **_options(check), reader=reader)
+    check.payload["figures"]["offline_embed"] = result
+    check.verdict("offline_embed", result["job_images_per_s"] > 0, images=s.offline_images)
