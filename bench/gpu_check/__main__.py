@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
                         "bench/results/gpu_check_tiny.json with --tiny)")
     parser.add_argument("--models", type=Path, default=None,
                         help="where to build the models (default: a temporary folder, removed "
-                        "at the end; the full check's models take ~9 GB)")
+                        "at the end; the full check's models take ~7.5 GB)")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda"):
         import torch

