@@ -25,9 +25,8 @@ PROMPTS = ["Describe the image.", "What shape is this? Answer with one word.", "
 SIZES = [(32, 32), (48, 32), (64, 64), (40, 56), (33, 47)]
 NEW_TOKENS = 6
 NO_CACHES = dict(preprocess_cache_bytes=0, vision_cache_bytes=0)
-# Dual encoders to check. SigLIP and SigLIP2 join when their random-model builders land in
-# tests/fixtures/random_models.py; named here, a missing one fails instead of vanishing.
-ENCODERS = ("clip",)
+# Dual encoders to check, named (a missing builder fails instead of vanishing).
+ENCODERS = ("clip", "siglip", "siglip2")
 
 
 def _bf16_engine(folder: str):
