@@ -162,7 +162,7 @@ class Gateway:
                 if item.error is not None:
                     yield writer.error(error_body(item.error))
                     break
-                yield writer.finish(item.result.finish_reason)
+                yield writer.finish(item.result.finish_reason, item.batch_size)
                 if include_usage:
                     yield writer.usage(item.result)
         except Exception as exc:  # noqa: BLE001 - the status is sent; report in-stream

@@ -158,8 +158,11 @@ class ChunkWriter:
     def text(self, piece: str) -> str:
         return self._chunk([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
 
-    def finish(self, reason: str) -> str:
-        return self._chunk([{"index": 0, "delta": {}, "finish_reason": reason}])
+    def finish(self, reason: str, batch_size: int = 0) -> str:
+        # A stream's headers go out before its batch is known, so the batch size that
+        # X-Raysight-Batch-Size carries elsewhere rides on the last chunk instead.
+        extra = {"raysight": {"batch_size": batch_size}} if batch_size else {}
+        return self._chunk([{"index": 0, "delta": {}, "finish_reason": reason}], **extra)
 
     def usage(self, result: GenerateResult) -> str:
         return self._chunk([], usage=usage(result))

@@ -143,6 +143,7 @@ def test_stream_events_end_with_done(http, shape):
     text = "".join(chunk["choices"][0]["delta"].get("content", "") for chunk in chunks)
     assert label.color in text
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["raysight"] == {"batch_size": 1}  # a stream's batch, on its last chunk
 
 
 def test_a_bug_is_logged_and_answered_with_a_plain_500(caplog):
