@@ -40,6 +40,13 @@ class UnknownModel(RaysightError):
     code = "model_not_found"
 
 
+class NotFound(RaysightError):
+    """The request names something (a file of an index, a page asset) that is not served."""
+
+    status_code = 404
+    code = "not_found"
+
+
 class UnsupportedModel(ConfigError):
     """The model loads but no raysight family or task knows how to run it."""
 

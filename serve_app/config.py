@@ -177,8 +177,8 @@ class ServeConfig(_Frozen):
     port: int = Field(8000, ge=0, le=65535, description="HTTP port.")
     api_key: str | None = Field(
         None,
-        description="If set, every route but /healthz and /readyz needs "
-        "'Authorization: Bearer <api_key>'.",
+        description="If set, every route but /healthz, /readyz and the web page's own files "
+        "(/, /ui/...) needs 'Authorization: Bearer <api_key>'.",
     )
     api_key_env: str | None = Field(
         None,

@@ -206,7 +206,7 @@ class Gateway:
         }, served.batch_size)
 
     async def search(self, body: SearchRequest) -> Reply:
-        index_name, (index_config, index) = self._index(body.index)
+        index_name, (index_config, index) = self.index(body.index)
         name = body.model or await self._index_model(index_config, index)
         [served] = await self.client(name).call("embed", [body.to_embed_request()])
         vector = _check(served).vector
@@ -217,7 +217,8 @@ class Gateway:
             "results": [{"id": hit.id, "score": hit.score} for hit in hits],
         }, served.batch_size)
 
-    def _index(self, requested: str | None):
+    def index(self, requested: str | None):
+        """(name, (IndexConfig, VectorIndex)) of the index a request names, or the only one."""
         if not self.indexes:
             raise InvalidRequest("no vector index is configured; start the server with an index")
         if requested is None:

@@ -8,6 +8,7 @@
     POST /classify              {"image", "labels"} -> label probabilities
     POST /search                {"text" | "image", "k"} -> nearest ids in a vector index
     GET  /healthz, /readyz      liveness, and readiness (every model answers); no API key
+    GET  /, /ui/..., /search/indexes, /search/image   the web page (page.py)
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ from serve_app.gateway import Gateway, Reply
 from serve_app.metrics import IngressMetrics
 from serve_app.openai_api import (ChatCompletionRequest, ClassifyRequest, EmbeddingsRequest,
                                   PredictRequest, SearchRequest, error_body, parse)
+from serve_app.page import PAGE_PATHS, add_page_routes
 
 logger = logging.getLogger(__name__)
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz"}) | PAGE_PATHS
 ROUTES = frozenset({"/v1/chat/completions", "/v1/embeddings", "/v1/models", "/predict",
                     "/classify", "/search"}) | OPEN_PATHS
 BATCH_SIZE_HEADER = "X-Raysight-Batch-Size"
@@ -202,4 +204,5 @@ def build_http_api(gateway: Gateway, metrics: IngressMetrics | None = None) -> F
         return JSONResponse({"status": "ready" if ready else "not ready", "models": models},
                             200 if ready else 503)
 
+    add_page_routes(app, gateway)
     return app
