@@ -71,8 +71,8 @@ def serve_config(config: ServeConfig, ray_address: str | None = "local") -> None
     try:
         url = start_serving(config)
         names = ", ".join(served.name for served in config.models)
-        print(f"raysight: serving {names} at {url} (OpenAI API at {url}/v1); Ctrl-C to stop",
-              flush=True)
+        print(f"raysight: serving {names} at {url} (OpenAI API at {url}/v1; try it in a "
+              f"browser at {url}/); Ctrl-C to stop", flush=True)
         while not stop.wait(0.5):
             pass
         print("raysight: shutting down", flush=True)

@@ -80,6 +80,8 @@ def serve_and_ask(drawn: DrawnSet, index: Path, port: int) -> OnlineResult:
     started = time.perf_counter()
     url = start_serving(serve_config(index, port))
     startup = time.perf_counter() - started
+    print(f"      serving at {url}; the web page is at {url}/ until the demo shuts down",
+          flush=True)
     chat_image, predict_image, classify_image = drawn.images[:3]
     with httpx.Client(base_url=url, timeout=120) as client:
         exchanges = [

@@ -63,6 +63,7 @@ def test_demo_exits_cleanly_and_says_every_check_passed(demo):
     code, report, _, _ = demo
     assert code == 0, report[-3000:]
     assert "Checks: all passed" in report
+    assert re.search(r"the web page is at http://127\.0\.0\.1:\d+/ until", report)
 
 
 def test_caption_accuracy_in_the_report_is_what_the_files_show(demo):
