@@ -35,6 +35,8 @@ ASSETS = {
 }
 # Paths the API key middleware lets through: the page must load before the user types a key.
 PAGE_PATHS = frozenset({"/"} | {f"/ui/{name}" for name in ASSETS})
+# The page's data routes: they need the key like the rest of the API.
+DATA_PATHS = frozenset({"/search/indexes", "/search/image"})
 THUMBNAIL_DEFAULT = 160
 THUMBNAIL_MAX = 1024
 

@@ -29,13 +29,13 @@ from serve_app.gateway import Gateway, Reply
 from serve_app.metrics import IngressMetrics
 from serve_app.openai_api import (ChatCompletionRequest, ClassifyRequest, EmbeddingsRequest,
                                   PredictRequest, SearchRequest, error_body, parse)
-from serve_app.page import PAGE_PATHS, add_page_routes
+from serve_app.page import DATA_PATHS, PAGE_PATHS, add_page_routes
 
 logger = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"}) | PAGE_PATHS
 ROUTES = frozenset({"/v1/chat/completions", "/v1/embeddings", "/v1/models", "/predict",
-                    "/classify", "/search"}) | OPEN_PATHS
+                    "/classify", "/search"}) | OPEN_PATHS | DATA_PATHS
 BATCH_SIZE_HEADER = "X-Raysight-Batch-Size"
 
 

@@ -156,6 +156,22 @@ def act(page, panel: str, button: str, timings: dict, name: str) -> str:
     return page.get_attribute(f"#panel-{panel}", "data-state")
 
 
+def hand_over(page, how: str, target: str, path: str) -> None:
+    """Give the page an image file as a person would without the file dialog: dropped on
+    `target`, or pasted into the page (both as real DOM events carrying a File)."""
+    import base64
+
+    page.evaluate("""([how, target, name, data]) => {
+        const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+        const files = new DataTransfer();
+        files.items.add(new File([bytes], name, {type: 'image/png'}));
+        const event = how === 'drop'
+            ? new DragEvent('drop', {dataTransfer: files, bubbles: true, cancelable: true})
+            : new ClipboardEvent('paste', {clipboardData: files, bubbles: true, cancelable: true});
+        document.getElementById(target).dispatchEvent(event);
+    }""", [how, target, Path(path).name, base64.b64encode(Path(path).read_bytes()).decode()])
+
+
 def first_of(drawn: dict, indexed: list[str], caption: str | None = None) -> str:
     return next(p for p in indexed if caption is None or drawn[p]["caption"] == caption)
 
@@ -267,22 +283,23 @@ def test_search_by_text_shows_red_circles_with_thumbnails(page, drawn, indexed, 
     screenshot(page, "search-1-text")
 
 
-def test_search_by_image_finds_that_image_first(page, drawn, indexed, timings):
+def test_search_by_a_pasted_image_finds_that_image_first(page, drawn, indexed, timings):
     path = indexed[7]
     page.goto(page.url.split("#")[0] + "#search")
     page.fill("#search-text", "")
-    page.set_input_files("#search-file", path)
-    page.wait_for_selector("#search-picker img.preview:not([hidden])")
+    hand_over(page, "paste", "search-text", path)  # pasted anywhere on the Search panel
+    page.wait_for_selector(f"#search-picker .hint:has-text('{Path(path).name}')")
     assert act(page, "search", "#search-send", timings, "search_image") == "done"
     first = page.get_attribute("#search-results .hit:first-child", "data-id")
     assert first == path and "by image" in page.text_content("#search-meta")
     screenshot(page, "search-2-image")
 
 
-def test_classify_puts_the_drawn_label_on_top(page, drawn, indexed, timings):
+def test_classify_a_dropped_image_puts_the_drawn_label_on_top(page, drawn, indexed, timings):
     path = first_of(drawn, indexed, "a blue triangle")
     page.goto(page.url.split("#")[0] + "#classify")
-    page.set_input_files("#classify-file", path)
+    hand_over(page, "drop", "classify-picker", path)
+    page.wait_for_selector(f"#classify-picker .hint:has-text('{Path(path).name}')")
     page.fill("#classify-labels", ", ".join(ALL_CAPTIONS))
     assert act(page, "classify", "#classify-send", timings, "classify") == "done"
     bars = page.eval_on_selector_all(
