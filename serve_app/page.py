@@ -88,15 +88,16 @@ def add_page_routes(app: FastAPI, gateway: Gateway) -> None:
              responses={200: {"content": {"image/jpeg": {}}},
                         404: {"description": "the id is not in the index, or not a file"}})
     async def index_image(
-        id: str = Query(..., description="An id /search returned (a path the index holds)."),
+        image_id: str = Query(..., alias="id",
+                              description="An id /search returned (a path the index holds)."),
         index: str | None = Query(None, description="The index; needed if several are served."),
         size: int = Query(THUMBNAIL_DEFAULT, ge=16, le=THUMBNAIL_MAX,
                           description="Longest side of the thumbnail in pixels."),
     ):
         name, _ = gateway.index(index)
-        if id not in members[name]:
-            raise NotFound(f"{id[:200]!r} is not an image of index {name!r}; only ids that "
-                           "/search returns are served")
-        data = await asyncio.to_thread(thumbnail, id, size)
+        if image_id not in members[name]:
+            raise NotFound(f"{image_id[:200]!r} is not an image of index {name!r}; only ids "
+                           "that /search returns are served")
+        data = await asyncio.to_thread(thumbnail, image_id, size)
         return Response(data, media_type="image/jpeg",
                         headers={"Cache-Control": "private, max-age=300"})
