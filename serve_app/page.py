@@ -28,10 +28,11 @@ logger = logging.getLogger(__name__)
 
 PAGE_FOLDER = Path(__file__).with_name("ui")
 # The only files served from PAGE_FOLDER; a name not listed is never looked up on disk.
+_SCRIPTS = ("main.js", "api.js", "panel.js", "ask.js", "search.js", "classify.js")
 ASSETS = {
     "ui.css": "text/css; charset=utf-8",
-    "ui.js": "text/javascript; charset=utf-8",
     "icon.svg": "image/svg+xml",
+    **{name: "text/javascript; charset=utf-8" for name in _SCRIPTS},
 }
 # Paths the API key middleware lets through: the page must load before the user types a key.
 PAGE_PATHS = frozenset({"/"} | {f"/ui/{name}" for name in ASSETS})

@@ -134,11 +134,13 @@ def timings():
 
 @pytest.fixture(scope="module")
 def page(server, browser_context):
-    """One tab with the key typed in, shared by the panel tests; records every request."""
+    """One tab with the key typed in, shared by the panel tests; records every request and
+    every uncaught script error."""
     url, _ = server
     tab = browser_context.new_page()
-    tab.requests = []
+    tab.requests, tab.script_errors = [], []
     tab.on("request", lambda request: tab.requests.append(request.url))
+    tab.on("pageerror", lambda error: tab.script_errors.append(str(error)))
     tab.goto(url + "/")
     tab.fill("#api-key", KEY)
     tab.click("#key-form button")
@@ -327,8 +329,9 @@ def test_phone_width_has_no_sideways_scrolling(page):
         page.set_viewport_size(LAPTOP)
 
 
-def test_the_page_only_talked_to_its_server(page, server):
+def test_the_page_only_talked_to_its_server_and_threw_nothing(page, server):
     url, _ = server
+    assert page.script_errors == []
     assert page.requests and all(
         request.startswith((url + "/", "blob:", "data:")) for request in page.requests
     ), [request for request in page.requests if not request.startswith(url)]

@@ -58,11 +58,14 @@ def http(shapes, tmp_path_factory):
 def test_the_page_and_its_assets_load_without_the_key(http):
     page = http.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    for asset, kind in (("ui.js", "text/javascript"), ("ui.css", "text/css"),
-                        ("icon.svg", "image/svg+xml")):
-        assert f"/ui/{asset}" in page.text
-        response = http.get(f"/ui/{asset}")
-        assert response.status_code == 200 and response.headers["content-type"].startswith(kind)
+    assert all(f"/ui/{asset}" in page.text for asset in ("main.js", "ui.css", "icon.svg"))
+    # Every file of the page (main.js imports the other modules) is served from /ui/.
+    for asset in PAGE.iterdir():
+        if asset.is_file() and asset.name != "index.html":
+            response = http.get(f"/ui/{asset.name}")
+            assert response.status_code == 200, asset.name
+            kind = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+            assert response.headers["content-type"].startswith(kind[asset.suffix]), asset.name
     # Only the listed assets are open; anything else under /ui/ needs the key, then is a 404.
     assert http.get("/ui/index.html").status_code == 401
     missing = http.get("/ui/routes.py", headers=KEY)  # a file next to the page's folder
@@ -70,8 +73,8 @@ def test_the_page_and_its_assets_load_without_the_key(http):
 
 
 def test_the_page_fetches_nothing_from_another_host():
-    for name in ("index.html", "ui.js", "ui.css"):
-        text = (PAGE / name).read_text(encoding="utf-8")
+    for path in [*PAGE.glob("*.js"), PAGE / "index.html", PAGE / "ui.css"]:
+        text, name = path.read_text(encoding="utf-8"), path.name
         assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, flags=re.I), name
         assert "@import" not in text and "url(" not in text, name
 
