@@ -216,14 +216,16 @@ def test_ask_streams_answers_and_keeps_the_conversation(page, drawn, indexed, ti
     page.goto(page.url.split("#")[0] + "#ask")
     page.set_input_files("#ask-file", path)
     page.wait_for_selector("#ask-picker img.preview:not([hidden])")
-    # Every text the answer bubble shows while it streams, as the page itself saw it.
+    # Every text the answer bubble was given while it streamed: each update puts in a new
+    # text node, so the records keep every step even when several arrive in one task.
     page.evaluate("""() => {
         window.seen = [];
-        new MutationObserver(() => {
-            const turn = document.querySelector('#ask-log .assistant:last-child');
-            if (turn) window.seen.push(turn.textContent);
-        }).observe(document.getElementById('ask-log'),
-                   {subtree: true, childList: true, characterData: true});
+        new MutationObserver((records) => {
+            for (const record of records) {
+                if (!record.target.classList || !record.target.classList.contains('assistant')) continue;
+                for (const node of record.addedNodes) window.seen.push(node.textContent);
+            }
+        }).observe(document.getElementById('ask-log'), {subtree: true, childList: true});
     }""")
     page.fill("#ask-prompt", "")  # no question: the model captions the image
     assert act(page, "ask", "#ask-send", timings, "ask_caption") == "done"
