@@ -177,8 +177,9 @@ class ServeConfig(_Frozen):
     port: int = Field(8000, ge=0, le=65535, description="HTTP port.")
     api_key: str | None = Field(
         None,
-        description="If set, every route but /healthz, /readyz and the web page's own files "
-        "(/, /ui/...) needs 'Authorization: Bearer <api_key>'.",
+        description="If set, every route but /healthz, /readyz, the web page's own files "
+        "(/, /ui/...) and the API description (/openapi.json, /docs, /redoc) needs "
+        "'Authorization: Bearer <api_key>'.",
     )
     api_key_env: str | None = Field(
         None,
@@ -190,6 +191,11 @@ class ServeConfig(_Frozen):
     )
     max_inputs_per_request: int = Field(
         64, gt=0, description="Most inputs one /v1/embeddings request may carry."
+    )
+    docs: bool = Field(
+        True, description="Serve /openapi.json, /docs (Swagger UI) and /redoc, with their "
+        "assets from an installed package (no CDN). They are open without the API key; Swagger "
+        "UI's Authorize button takes the key for 'Try it out'. false turns all three off.",
     )
     app_name: str = Field("raysight", description="The Serve application name.")
     ingress: IngressOptions = Field(

@@ -20,20 +20,43 @@ from __future__ import annotations
 import base64
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 
 from raysight.engines.embed import EmbedRequest
 from raysight.engines.generate import GenerateRequest, GenerateResult
 from raysight.errors import InvalidRequest
 from raysight.sampling import NewTokens, Temperature, TopP
 
+# The JSON schema format of an image reference: base64, a data: URL, or an http(s) URL where
+# the model allows URLs. Schema-driven testers are told how to draw valid ones (tests/).
+IMAGE_FORMAT = "image-ref"
+IMAGE = {"type": "string", "minLength": 1, "format": IMAGE_FORMAT,
+         "description": "An image: base64 of the file, a data: URL, or an http(s) URL when the "
+                        "model's images.allow_urls is on."}
+# A text the embed model encodes: at least one character that is not whitespace, as Python's
+# str.strip() has it (regex engines disagree on \s, so the class is spelled out).
+_SPACE = (r"\t\n\u000b\f\r\u001c-\u001f \u0085\u00a0\u1680\u2000-\u200a"
+          r"\u2028\u2029\u202f\u205f\u3000")
+NONBLANK = {"type": "string", "pattern": f"[^{_SPACE}]"}
+
+
+def nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
 
 class _Body(BaseModel):
     # Unknown fields are ignored, as OpenAI-compatible servers do; the known ones that
-    # raysight cannot honour are refused by `unsupported_options`.
-    model_config = ConfigDict(extra="ignore")
+    # raysight cannot honour are refused by `unsupported_options`. Strict: a number sent as
+    # a string is refused, as the published schema says, not silently converted.
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _whole_numbers(cls, value: Any) -> Any:
+        # JSON has one number type: 16.0 is the integer 16, as JSON Schema's "integer" says.
+        return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def parse(model: type[BaseModel], data: Any) -> Any:
@@ -53,31 +76,71 @@ def parse(model: type[BaseModel], data: Any) -> Any:
 # --- chat completions ------------------------------------------------------------------------
 
 
+_TEXT_PART = {"type": "object", "required": ["type", "text"], "properties": {
+    "type": {"const": "text"}, "text": {"type": "string"}}}
+_IMAGE_URL_PART = {"type": "object", "required": ["type", "image_url"], "properties": {
+    "type": {"const": "image_url"},
+    "image_url": {"anyOf": [IMAGE, {"type": "object", "required": ["url"], "properties": {
+        "url": IMAGE, "detail": {"description": "Accepted and ignored."}}}]}}}
+_IMAGE_PART = {"type": "object", "required": ["type", "image"], "properties": {
+    "type": {"const": "image"}, "image": IMAGE}}
+_MESSAGE = {"type": "object", "required": ["role", "content"], "properties": {
+    "role": {"enum": ["system", "user", "assistant"]},
+    "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": {
+        "anyOf": [_TEXT_PART, _IMAGE_URL_PART, _IMAGE_PART]}}]}}}
+_MESSAGES = {
+    "type": "array", "minItems": 1, "items": _MESSAGE,
+    "description": "The chat, OpenAI's way. Images go in user messages as image_url parts; "
+                   "the last message is the user's; at most images.max_images_per_request "
+                   "images in all.",
+}
+
+
+def _only(schema: dict[str, Any], why: str) -> Any:
+    """The schema of an OpenAI option raysight accepts only at its neutral value."""
+    return WithJsonSchema({**nullable(schema), "description": why})
+
+
 class StreamOptions(_Body):
     include_usage: bool = False
 
 
 class ChatCompletionRequest(_Body):
-    model: str | None = None
-    messages: list[Any] = Field(min_length=1)
+    """OpenAI's chat completion request; images as image_url content parts."""
+
+    model: str | None = Field(None, min_length=1,
+                              description="A served model; the first generate model if unset.")
+    # Checked by raysight.chat when the model prepares the chat: its messages say what is
+    # wrong (role, part type, image) better than a schema error would.
+    messages: Annotated[list[Any], WithJsonSchema(_MESSAGES)] = Field(min_length=1)
     # Ranges from raysight.sampling, the one place the engine checks them too.
-    max_tokens: NewTokens | None = None
-    max_completion_tokens: NewTokens | None = None
-    temperature: Temperature | None = None
+    max_tokens: NewTokens | None = Field(None, description="Most new tokens (the model's "
+                                         "generation.max_new_tokens if unset).")
+    max_completion_tokens: NewTokens | None = Field(None, description="Same as max_tokens; "
+                                                    "wins when both are given.")
+    temperature: Temperature | None = Field(None, description="0 is greedy decoding.")
     top_p: TopP | None = None
-    stream: bool = False
+    stream: bool = Field(False, description="Answer with server-sent events, one "
+                         "chat.completion.chunk per token, ending with 'data: [DONE]'.")
     stream_options: StreamOptions | None = None
     # Known options raysight cannot honour; refused unless left at their defaults.
-    n: int | None = None
-    stop: str | list[str] | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, Any] | None = None
-    tools: list[Any] | None = None
-    functions: list[Any] | None = None
-    response_format: dict[str, Any] | None = None
+    n: Annotated[int | None, _only({"const": 1}, "Only 1 is supported.")] = None
+    stop: Annotated[str | list[str] | None, _only(
+        {"anyOf": [{"const": ""}, {"type": "array", "items": {"type": "string"}, "maxItems": 0}]},
+        "Stop sequences are not supported.")] = None
+    logprobs: Annotated[bool | None, _only({"const": False}, "Not supported.")] = None
+    top_logprobs: Annotated[int | None, _only({"const": 0}, "Not supported.")] = None
+    presence_penalty: Annotated[float | None, _only({"const": 0}, "Not supported.")] = None
+    frequency_penalty: Annotated[float | None, _only({"const": 0}, "Not supported.")] = None
+    logit_bias: Annotated[dict[str, Any] | None, _only(
+        {"type": "object", "maxProperties": 0}, "Not supported.")] = None
+    tools: Annotated[list[Any] | None, _only(
+        {"type": "array", "maxItems": 0}, "Tools are not supported.")] = None
+    functions: Annotated[list[Any] | None, _only(
+        {"type": "array", "maxItems": 0}, "Functions are not supported.")] = None
+    response_format: Annotated[dict[str, Any] | None, _only(
+        {"type": "object", "properties": {"type": {"const": "text"}}},
+        "Only plain text answers ({\"type\": \"text\"}).")] = None
 
     def unsupported_options(self) -> list[str]:
         problems = []
@@ -181,12 +244,35 @@ class ChunkWriter:
 # --- embeddings --------------------------------------------------------------------------------
 
 
+_EMBED_TEXT_PART = {**_TEXT_PART, "properties": {"type": {"const": "text"}, "text": NONBLANK}}
+_EMBED_INPUT = {
+    "anyOf": [NONBLANK, {"type": "array", "minItems": 1, "items": {
+        "anyOf": [NONBLANK, _EMBED_TEXT_PART, _IMAGE_URL_PART]}}],
+    "description": "A text, or a list of texts, image references (with \"modality\": "
+                   "\"image\") or content parts (texts and images mixed); one vector each.",
+}
+
+
 class EmbeddingsRequest(_Body):
-    model: str | None = None
-    input: str | list[Any]
-    modality: Literal["text", "image"] = "text"
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
+    """OpenAI's embeddings request; images as content parts or with modality "image"."""
+
+    # With "modality": "image", the strings in input are image references.
+    model_config = ConfigDict(json_schema_extra={
+        "if": {"required": ["modality"], "properties": {"modality": {"const": "image"}}},
+        "then": {"properties": {"input": {"anyOf": [IMAGE, {"type": "array", "items": {
+            "anyOf": [IMAGE, _EMBED_TEXT_PART, _IMAGE_URL_PART]}}]}}},
+    })
+
+    model: str | None = Field(None, min_length=1,
+                              description="A served model; the first embed model if unset.")
+    input: Annotated[str | list[Any], WithJsonSchema(_EMBED_INPUT)]
+    modality: Literal["text", "image"] = Field("text", description="\"image\": every string "
+                                               "in input is an image reference.")
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="base64: each vector as little-endian float32 bytes.")
+    dimensions: Annotated[int | None, WithJsonSchema(
+        {"type": "null", "description": "Not supported: vectors have the model's own size."}
+    )] = None
 
     def to_embed_requests(self, max_inputs: int) -> list[EmbedRequest]:
         if self.dimensions is not None:
@@ -236,10 +322,15 @@ def embedding_data(index: int, vector, encoding_format: str) -> dict[str, Any]:
 class PredictRequest(_Body):
     """The contract of the widely copied Flask VLM server: both fields are required."""
 
-    prompt: str | None = None
-    image: str | None = None
-    model: str | None = None
-    max_tokens: NewTokens | None = None
+    # Optional here so that a missing field gets the contract's own message (see below);
+    # required in the published schema.
+    prompt: Annotated[str | None, WithJsonSchema({"type": "string", "minLength": 1})] = Field(
+        None, description="The question or instruction.")
+    image: Annotated[str | None, WithJsonSchema(IMAGE)] = None
+    model: str | None = Field(None, min_length=1,
+                              description="A served model; the first generate model if unset.")
+    max_tokens: NewTokens | None = Field(None, description="Most new tokens.")
+    model_config = ConfigDict(json_schema_extra={"required": ["prompt", "image"]})
 
     def to_generate_request(self) -> GenerateRequest:
         missing = [name for name in ("prompt", "image") if not getattr(self, name)]
@@ -252,20 +343,32 @@ class PredictRequest(_Body):
 
 
 class ClassifyRequest(_Body):
-    model: str | None = None
-    image: str = Field(description="The image: base64, a data URL, or an allowed http(s) URL.")
-    labels: list[str] = Field(min_length=1, description="Candidate labels, e.g. captions.")
+    """Zero-shot classification of one image over the given labels."""
+
+    model: str | None = Field(None, min_length=1,
+                              description="A served model; the first embed model if unset.")
+    image: Annotated[str, WithJsonSchema(IMAGE)]
+    labels: Annotated[list[str], WithJsonSchema(
+        {"type": "array", "minItems": 1, "items": NONBLANK})] = Field(
+        min_length=1, description="Candidate labels, e.g. captions.")
 
     def to_embed_request(self) -> EmbedRequest:
         return EmbedRequest(image=self.image, labels=list(self.labels))
 
 
 class SearchRequest(_Body):
-    model: str | None = None
-    index: str | None = None
-    text: str | None = None
-    image: str | None = None
-    k: int = Field(5, ge=1, le=1000)
+    """The k nearest items of a vector index to a text or an image (exactly one)."""
+
+    model: str | None = Field(None, min_length=1,
+                              description="The embed model (the index's own if unset).")
+    index: str | None = Field(None, description="A served index; needed when several are.")
+    text: Annotated[str | None, WithJsonSchema(nullable(NONBLANK))] = None
+    image: Annotated[str | None, WithJsonSchema(nullable(IMAGE))] = None
+    k: int = Field(5, ge=1, le=1000, description="How many results.")
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": ["text"], "properties": {"text": NONBLANK}},
+        {"required": ["image"], "properties": {"image": IMAGE}},
+    ]})
 
     def to_embed_request(self) -> EmbedRequest:
         if (self.text is None) == (self.image is None):
