@@ -26,7 +26,7 @@ _DESCRIPTIONS = {
 
 def add_job_arguments(parser: argparse.ArgumentParser, job: str) -> None:
     """The flags of a caption / embed / classify job (the index job reuses the embed ones)."""
-    from raysight.cli import add_spec_arguments
+    from raysight.spec_arguments import add_spec_arguments
 
     add_spec_arguments(parser)
     parser.add_argument("--input", required=True,
@@ -68,7 +68,7 @@ def add_job_arguments(parser: argparse.ArgumentParser, job: str) -> None:
 
 def job_config_from_arguments(job: str, args: argparse.Namespace) -> JobConfig:
     """One JobConfig from parsed flags; unset flags keep the JobConfig defaults."""
-    from raysight.cli import spec_from_arguments
+    from raysight.spec_arguments import spec_from_arguments
 
     from batch_jobs.config import make_job_config
 

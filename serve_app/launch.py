@@ -100,7 +100,7 @@ def serve_models(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from raysight.cli import add_spec_arguments
+    from raysight.spec_arguments import add_spec_arguments
 
     parser = argparse.ArgumentParser(
         prog="raysight serve",
@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_arguments(args: argparse.Namespace) -> ServeConfig:
-    from raysight.cli import spec_from_arguments
+    from raysight.spec_arguments import spec_from_arguments
 
     if args.serve_config:
         import yaml

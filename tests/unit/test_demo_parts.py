@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from raysight.demo.offline import DrawnSet, score
-from raysight.demo.processes import descendants, wait_until_gone
-from raysight.demo.runner import MARKER, prepare_output
+from raysight.cli.demo.offline import DrawnSet, score
+from raysight.cli.demo.processes import descendants, wait_until_gone
+from raysight.cli.demo.runner import MARKER, prepare_output
 from raysight.errors import ConfigError
 
 

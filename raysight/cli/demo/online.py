@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from raysight.demo.offline import CLIP, VLM, DrawnSet
+from raysight.cli.demo.offline import CLIP, VLM, DrawnSet
 from raysight.shapes import ALL_CAPTIONS, QUESTIONS
 
 SEARCH_QUERY = "a red circle"

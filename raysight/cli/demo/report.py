@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from raysight.demo.offline import DrawnSet, OfflineResult
-from raysight.demo.online import SEARCH_K, SEARCH_QUERY, OnlineResult
+from raysight.cli.demo.offline import DrawnSet, OfflineResult
+from raysight.cli.demo.online import SEARCH_K, SEARCH_QUERY, OnlineResult
 
 MIN_ACCURACY = 0.9
 

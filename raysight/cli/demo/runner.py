@@ -81,7 +81,7 @@ def stop_ray():
     import ray
     from ray import serve
 
-    from raysight.demo.processes import descendants, wait_until_gone
+    from raysight.cli.demo.processes import descendants, wait_until_gone
 
     started = descendants()
     if ray.is_initialized():
@@ -91,9 +91,9 @@ def stop_ray():
 
 
 def run(args: argparse.Namespace) -> int:
-    from raysight.demo.offline import BROKEN_FILES, draw_images, run_jobs
-    from raysight.demo.online import serve_and_ask
-    from raysight.demo.report import Shutdown, checks, format_report
+    from raysight.cli.demo.offline import BROKEN_FILES, draw_images, run_jobs
+    from raysight.cli.demo.online import serve_and_ask
+    from raysight.cli.demo.report import Shutdown, checks, format_report
 
     if args.images < 1:
         raise ConfigError("--images must be at least 1")

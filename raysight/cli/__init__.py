@@ -5,6 +5,9 @@
     raysight serve --model builtin:shapes-vlm --model builtin:shapes-clip [--port 8000]
     raysight job caption|embed|classify|index ...   (same flags as python -m batch_jobs.JOB)
     raysight demo  (the end-to-end tour on the built-in models)
+
+This package is the command-line face: it imports both apps (serve_app, batch_jobs) and the
+core; neither app imports it. `python -m raysight.cli ...` runs the same command.
 """
 
 from __future__ import annotations
@@ -14,36 +17,7 @@ import sys
 from pathlib import Path
 
 from raysight.errors import RaysightError
-from raysight.spec import ModelSpec
-
-
-def add_spec_arguments(parser: argparse.ArgumentParser, *, multiple: bool = False) -> None:
-    """Flags that build a ModelSpec: --model (or --config YAML) plus common overrides."""
-    parser.add_argument(
-        "--model",
-        action="append" if multiple else "store",
-        help="Hugging Face id, local folder or builtin:NAME (builtin:shapes-vlm, builtin:shapes-clip)",
-    )
-    parser.add_argument("--config", action="append" if multiple else "store",
-                        help="a ModelSpec YAML file (instead of --model)")
-    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
-    parser.add_argument("--max-batch-size", type=int)
-
-
-def spec_from_arguments(args: argparse.Namespace, model: str | None = None,
-                        config: str | None = None) -> ModelSpec:
-    """One ModelSpec from the parsed flags (YAML first, flags override)."""
-    data: dict = {}
-    if config:
-        data.update(ModelSpec.from_yaml(config).model_dump(exclude_unset=True))
-    if model:
-        data["model"] = model
-    overrides = {"device": args.device, "dtype": args.dtype, "max_batch_size": args.max_batch_size}
-    data.update({key: value for key, value in overrides.items() if value is not None})
-    if "model" not in data:
-        raise RaysightError("give --model (or --config with a ModelSpec YAML)")
-    return ModelSpec.from_mapping(data, source="command line")
+from raysight.spec_arguments import add_spec_arguments, spec_from_arguments
 
 
 def _read_image(path: str) -> bytes:
@@ -110,7 +84,7 @@ def run_job(argv: list[str]) -> int:
 
 
 def run_demo(argv: list[str]) -> int:
-    from raysight.demo import main as demo_main
+    from raysight.cli.demo import main as demo_main
 
     return demo_main(argv)
 
@@ -156,6 +130,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"raysight: error: {exc.message}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

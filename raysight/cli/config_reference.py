@@ -1,10 +1,10 @@
 """Print the configuration reference (Markdown) from the pydantic field descriptions.
 
-    python -m raysight.config_reference
+    python -m raysight.cli.config_reference
 
 The README's "Configuration reference" section is this output; a test keeps them equal.
-It documents the ModelSpec, the Serve app's ServeConfig and the batch jobs' JobConfig; the
-last two are imported only here, when the reference is made (the core imports neither).
+It documents the ModelSpec, the Serve app's ServeConfig and the batch jobs' JobConfig; it
+lives in the command-line face because it reads both apps' configs (the core imports neither).
 """
 
 from __future__ import annotations
