@@ -2,10 +2,15 @@
 
 Every error a person can fix carries an HTTP status (4xx) so the online path maps it to a
 response without a lookup table, and the offline path writes its message into a row's
-``error`` column. Anything that is not a ``RaysightError`` is a bug: logged, answered 500.
+``error`` column. Anything that is not a ``RaysightError`` is a bug: it is logged with its
+traceback under a fresh error id, and the client (or the row) gets an ``InternalError``
+carrying only that id, never the exception's own text.
 """
 
 from __future__ import annotations
+
+import logging
+import uuid
 
 
 class RaysightError(Exception):
@@ -17,6 +22,37 @@ class RaysightError(Exception):
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
+
+
+class InternalError(RaysightError):
+    """A bug or an unexpected failure: a generic message and an id; the details are in the log.
+
+    Raised or returned in place of any exception that is not a RaysightError, so that what a
+    client sees never depends on a library's internals. Search the log for the id.
+    """
+
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, error_id: str | None = None):
+        self.error_id = error_id or uuid.uuid4().hex[:12]
+        super().__init__(
+            f"internal error; error id {self.error_id} (the server log has the details)"
+        )
+
+    def __reduce__(self):  # rebuilt from its id when it crosses a process boundary
+        return (type(self), (self.error_id,))
+
+
+def internal_error(logger: logging.Logger, what: str, exc: BaseException) -> InternalError:
+    """Log `exc` with its traceback under a new error id; return the InternalError to answer.
+
+    `what` says where it happened ("preprocess failed"); the log line ends in the id that the
+    client's message names.
+    """
+    error = InternalError()
+    logger.error("%s [error id %s]", what, error.error_id, exc_info=exc)
+    return error
 
 
 class InvalidRequest(RaysightError):

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
-from raysight.errors import InvalidRequest, RaysightError
+from raysight.errors import InvalidRequest, RaysightError, internal_error
 from raysight.spec import ModelSpec
 from serve_app.batching import DrainBatcher
 from serve_app.metrics import CacheMetrics, ModelMetrics
@@ -146,9 +146,14 @@ class ModelServer:
         )
 
     def _run_batch(self, prepared: list) -> list:
-        """The model thread's work for one batch; then the caches' counters go to metrics."""
+        """The model thread's work for one batch; then the caches' counters go to metrics.
+        If the batch fails outside the engine's per-item handling, each of its requests gets
+        the same InternalError; the traceback is logged once under its id."""
         try:
             return self.engine.infer_and_postprocess(prepared)
+        except Exception as exc:  # noqa: BLE001 - answer every waiting request, hide details
+            error = internal_error(logger, f"a batch of {len(prepared)} failed", exc)
+            return [error] * len(prepared)
         finally:
             self.record_cache_stats()
 

@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Protocol
 
-from raysight.errors import ConfigError, InvalidRequest, Overloaded, UnknownModel
+from raysight.errors import (ConfigError, InternalError, InvalidRequest, Overloaded,
+                             UnknownModel)
 from serve_app.config import IndexConfig, ServeConfig
 from serve_app.deployment import Served
 from serve_app.openai_api import (ChatCompletionRequest, ChunkWriter, ClassifyRequest,
@@ -187,6 +188,8 @@ class Gateway:
         for position, served in enumerate(results):
             if served.error is not None:
                 error = served.error
+                if isinstance(error, InternalError):
+                    raise error  # its message is only an id; the position adds nothing to find
                 raise type(error)(f"input {position}: {error.message}")
             data.append(embedding_data(position, served.result.vector, body.encoding_format))
             tokens += served.result.tokens

@@ -30,7 +30,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from raysight.errors import InvalidRequest, Overloaded, RaysightError, RequestTooLarge, Unauthorized
+from raysight.errors import (InvalidRequest, Overloaded, RaysightError, RequestTooLarge,
+                             Unauthorized, internal_error)
 from serve_app.api_schema import (MODEL_ROUTE, ChatCompletion, ClassifyReply, Embeddings, Health,
                                   ModelList, PredictReply, Readiness, SearchReply,
                                   configure_schema, request_body, responses)
@@ -71,7 +72,8 @@ def error_response(path: str, exc: BaseException,
 
 
 class HttpEdge:
-    """ASGI middleware: API key, body size cap, request metrics, and a JSON 500 for bugs."""
+    """ASGI middleware: API key, body size cap, request metrics, and a JSON 500 for bugs
+    (an InternalError whose id is logged with the traceback)."""
 
     def __init__(self, app, api_key: str | None, max_body_bytes: int, metrics: IngressMetrics,
                  is_open: Callable[[str], bool] = OPEN_PATHS.__contains__):
@@ -102,7 +104,7 @@ class HttpEdge:
             await self.app(scope, self._capped(receive), tracked_send)
         except Exception as exc:  # noqa: BLE001 - the last line of defence: answer, log
             if not isinstance(exc, RaysightError):
-                logger.exception("unhandled error on %s", path)
+                exc = internal_error(logger, f"unhandled error on {path}", exc)
             if not response["started"]:
                 await error_response(path, exc)(scope, receive, tracked_send)
         finally:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Sequence
 
-from raysight.errors import RaysightError
+from raysight.errors import RaysightError, internal_error
 
 logger = logging.getLogger(__name__)
 
@@ -35,31 +35,45 @@ class Engine:
         raise NotImplementedError
 
     def preprocess_safely(self, request: Any) -> Any:
-        """preprocess, with any failure returned as a RaysightError instead of raised."""
+        """preprocess, with any failure returned as a RaysightError instead of raised; an
+        unexpected exception becomes an InternalError (its details go to the log only)."""
         try:
             return self.preprocess(request)
         except RaysightError as exc:
             return exc
         except Exception as exc:  # noqa: BLE001 - one bad item must not fail the batch
-            logger.exception("preprocess failed")
-            return RaysightError(f"could not prepare this input: {type(exc).__name__}: {exc}")
+            return internal_error(logger, "preprocess failed", exc)
 
     def infer_and_postprocess(self, prepared: Sequence[Any]) -> list[Any]:
         """Run infer on the items that prepared cleanly; errors keep their places."""
         ready = [i for i, item in enumerate(prepared) if not isinstance(item, RaysightError)]
         results: list[Any] = list(prepared)
         if ready:
-            outputs = self.infer([prepared[i] for i in ready])
+            outputs = self._infer_isolating([prepared[i] for i in ready])
             for index, output in zip(ready, outputs):
                 if isinstance(output, RaysightError):
                     results[index] = output
                     continue
                 try:
                     results[index] = self.postprocess(output)
+                except RaysightError as exc:
+                    results[index] = exc
                 except Exception as exc:  # noqa: BLE001
-                    logger.exception("postprocess failed")
-                    results[index] = RaysightError(f"could not shape the answer: {exc}")
+                    results[index] = internal_error(logger, "postprocess failed", exc)
         return results
+
+    def _infer_isolating(self, items: list[Any]) -> list[Any]:
+        """infer; if the batch raises, each item alone, so only the one that fails fails."""
+        try:
+            return self.infer(items)
+        except Exception as exc:  # noqa: BLE001 - find the item that breaks the batch
+            if len(items) == 1:
+                if isinstance(exc, RaysightError):
+                    return [exc]
+                return [internal_error(logger, "infer failed for one item", exc)]
+            logger.warning("a batch of %d failed (%r); running its items one by one",
+                           len(items), exc)
+            return [output for item in items for output in self._infer_isolating([item])]
 
     def run(self, requests: Sequence[Any]) -> list[Any]:
         """All three steps over `requests`; each result is an answer or a RaysightError."""

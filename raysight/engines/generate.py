@@ -16,7 +16,7 @@ from raysight.caching import (EngineCaches, digest, image_key, install_preproces
                               known_image_keys)
 from raysight.chat import count_images, prompt_messages, split_messages
 from raysight.engines.base import Engine
-from raysight.errors import InvalidRequest, RaysightError
+from raysight.errors import InvalidRequest, RaysightError, internal_error
 from raysight.families import ModelInputs
 from raysight.sampling import resolve_sampling
 
@@ -202,7 +202,6 @@ class GenerateEngine(Engine):
             outputs = self._generate(items)
         except Exception as exc:  # noqa: BLE001 - isolate the failing item below
             if len(items) == 1:
-                logger.exception("generate failed for one item")
                 results[chunk[0]] = _as_item_error(exc)
                 return
             logger.warning("batched generate failed (%s); retrying items one by one", exc)
@@ -270,9 +269,10 @@ class GenerateEngine(Engine):
 
 
 def _as_item_error(exc: Exception) -> RaysightError:
+    """A typed error as it is; anything else logged under an id and answered generically."""
     if isinstance(exc, RaysightError):
         return exc
-    return RaysightError(f"the model failed on this input: {type(exc).__name__}: {exc}")
+    return internal_error(logger, "generate failed for one item", exc)
 
 
 class _RowStreamer:

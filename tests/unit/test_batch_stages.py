@@ -122,3 +122,25 @@ def test_urls_data_urls_and_oversize_images_follow_the_spec_policy(tiny_models, 
     assert out[2]["error_type"] == "ImageTooLarge" and "images.max_image_bytes" in out[2]["error"]
     in_bytes = PreprocessStage(job)(pa.table({"id": ["b"], "image": [big]})).to_pylist()
     assert in_bytes[0]["error_type"] == "ImageTooLarge"
+
+
+def test_an_engine_bug_fails_its_row_with_an_internal_error_and_an_id(tiny_models, caplog):
+    job = job_config_for("embed", tiny_models["clip"], "in", "out")
+    batch = pa.table({"id": ["a", "b", "c"], "image": [None] * 3, "text": ["x", "y", "z"]})
+    stage = ModelStage(job)
+    shape_answer, calls = stage.engine.postprocess, []
+
+    def postprocess(output):  # the second row's answer breaks with a library's own words
+        calls.append(output)
+        if len(calls) == 2:
+            raise ValueError("secret detail of a library")
+        return shape_answer(output)
+
+    stage.engine.postprocess = postprocess
+    rows = stage(PreprocessStage(job)(batch)).to_pylist()
+    assert [row["error_type"] for row in rows] == [None, "InternalError", None]
+    assert rows[0]["embedding"] and rows[2]["embedding"] and rows[1]["embedding"] is None
+    error = rows[1]["error"]
+    assert error.startswith("internal error; error id ") and "secret" not in error
+    error_id = error.split("error id ")[1].split()[0]
+    assert f"error id {error_id}" in caplog.text and "secret detail of a library" in caplog.text
