@@ -21,6 +21,7 @@ from raysight.errors import InvalidRequest, RaysightError, internal_error
 from raysight.spec import ModelSpec
 from serve_app.batching import DrainBatcher
 from serve_app.metrics import CacheMetrics, ModelMetrics
+from serve_app.stream_events import Accepted, Delta, Failed, Final, StreamEvent
 
 logger = logging.getLogger(__name__)
 
@@ -97,13 +98,13 @@ class ModelServer:
         wrong = self._check_task("generate")
         return Served(wrong) if wrong else await self._serve(request)
 
-    async def generate_stream(self, request) -> AsyncIterator[Any]:
-        """Stream one chat: yields "" once the request is accepted (preprocessed), then
-        each new piece of text, then a final Served. A refused request yields only a
-        Served carrying its error."""
+    async def generate_stream(self, request) -> AsyncIterator[StreamEvent]:
+        """Stream one chat as typed events (serve_app/stream_events.py): Accepted once the
+        request is prepared and queued, a Delta per change of the decoded text, then Final;
+        a request refused before it was queued sends only Failed."""
         wrong = self._check_task("generate")
         if wrong:
-            yield Served(wrong)
+            yield Failed(wrong)
             return
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue = asyncio.Queue()
@@ -113,19 +114,22 @@ class ModelServer:
         )
         prepared = await self._prepare(request)
         if isinstance(prepared, RaysightError):
-            yield Served(prepared)
+            yield Failed(prepared)
             return
-        yield ""
+        yield Accepted()
         running = asyncio.ensure_future(self.batcher.submit(prepared))
         # Text pieces are queued before the batch returns, so _END always comes last.
         running.add_done_callback(lambda _: pieces.put_nowait(_END))
         try:
             while (piece := await pieces.get()) is not _END:
-                yield piece
+                yield Delta(piece)
             result, stats = running.result()
         finally:
             running.cancel()  # the client went away: drop the request if it has not started
-        yield Served(result, stats.batch_size, stats.queue_wait_s)
+        if isinstance(result, RaysightError):
+            yield Failed(result)
+        else:
+            yield Final(result, stats.batch_size, stats.queue_wait_s)
 
     # -- embed ---------------------------------------------------------------------------
     async def embed(self, requests: list) -> list[Served]:

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Protocol
 
 from raysight.errors import (ConfigError, InternalError, InvalidRequest, Overloaded,
-                             UnknownModel)
+                             RaysightError, UnknownModel, internal_error)
 from serve_app.config import IndexConfig, ServeConfig
 from serve_app.deployment import Served
 from serve_app.openai_api import (ChatCompletionRequest, ChunkWriter, ClassifyRequest,
                                   EmbeddingsRequest, PredictRequest, SearchRequest,
                                   chat_completion, embedding_data, error_body)
+from serve_app.stream_events import Accepted, Delta, Failed, Final
 
 logger = logging.getLogger(__name__)
 
@@ -142,33 +143,46 @@ class Gateway:
 
     async def chat_stream(self, body: ChatCompletionRequest) -> AsyncIterator[str]:
         """Server-sent events for a streamed chat. Raises before the first event if the
-        request is refused, so the client gets a plain 4xx instead of a broken stream."""
+        request is refused (the replica's first event is Failed), so the client gets a plain
+        4xx instead of a broken stream."""
         request = body.to_generate_request()
         name = await self.model_for(body.model, "generate")
         stream = self.client(name).stream("generate_stream", request)
-        first = await stream.__anext__()
-        if isinstance(first, Served):
-            _check(first)
+        match await stream.__anext__():
+            case Accepted():
+                pass
+            case Failed(error=error):
+                await stream.aclose()
+                raise error
+            case other:
+                await stream.aclose()
+                raise TypeError(f"a stream must start with Accepted or Failed, not {other!r}")
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return self._events(stream, ChunkWriter(name), include_usage)
 
     async def _events(self, stream, writer: ChunkWriter, include_usage: bool) -> AsyncIterator[str]:
+        """The chunks after Accepted: one per Delta, then the finish (and usage) from Final,
+        or the error of Failed; always ends with [DONE]."""
         yield writer.role()
         try:
-            async for item in stream:
-                if isinstance(item, str):
-                    if item:
-                        yield writer.text(item)
-                    continue
-                if item.error is not None:
-                    yield writer.error(error_body(item.error))
-                    break
-                yield writer.finish(item.result.finish_reason, item.batch_size)
-                if include_usage:
-                    yield writer.usage(item.result)
+            async for event in stream:
+                match event:
+                    case Delta(text=text):
+                        yield writer.text(text)
+                    case Final(result=result, batch_size=batch_size):
+                        yield writer.finish(result.finish_reason, batch_size)
+                        if include_usage:
+                            yield writer.usage(result)
+                        break
+                    case Failed(error=error):
+                        yield writer.error(error_body(error))
+                        break
+                    case _:
+                        raise TypeError(f"unexpected event in a chat stream: {event!r}")
         except Exception as exc:  # noqa: BLE001 - the status is sent; report in-stream
-            logger.exception("a streamed completion failed")
-            yield writer.error(error_body(exc))
+            error = exc if isinstance(exc, RaysightError) else internal_error(
+                logger, "a streamed completion failed", exc)
+            yield writer.error(error_body(error))
         finally:
             await stream.aclose()  # also when the client went away mid-stream
         yield writer.done()
