@@ -26,15 +26,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_EXPORTS = {
-    "run_caption": "batch_jobs.caption",
-    "caption_dataset": "batch_jobs.caption",
-    "run_embed": "batch_jobs.embed",
-    "embed_dataset": "batch_jobs.embed",
-    "run_classify": "batch_jobs.classify",
-    "classify_dataset": "batch_jobs.classify",
-    "run_index": "batch_jobs.index",
-    "build_index": "batch_jobs.index",
+from batch_jobs.jobs import JOBS
+
+# Each job's driver functions, as the job registry lists them, plus the shared names.
+_EXPORTS = {name: job.module for job in JOBS.values() for name in job.exports} | {
     "JobConfig": "batch_jobs.config",
     "JobSummary": "batch_jobs.pipeline",
     "main": "batch_jobs.cli",

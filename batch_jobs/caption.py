@@ -20,20 +20,16 @@ if TYPE_CHECKING:
 
 def caption_dataset(model, input: str, *, prompt: str | None = None, **options) -> "ray.data.Dataset":
     """The lazy Dataset of captions (or answers to `prompt`) for every input row."""
-    from batch_jobs.config import job_config_for
-    from batch_jobs.pipeline import build_dataset, ensure_ray
+    from batch_jobs.pipeline import job_dataset
 
-    job = job_config_for("caption", model, input, prompt=prompt, **options)
-    ensure_ray(job.ray_address)
-    return build_dataset(job)
+    return job_dataset("caption", model, input, prompt=prompt, **options)
 
 
 def run_caption(model, input: str, output: str, *, prompt: str | None = None, **options) -> "JobSummary":
     """Caption (or ask `prompt` of) every input image into Parquet at `output`, resuming."""
-    from batch_jobs.config import job_config_for
-    from batch_jobs.pipeline import run_job
+    from batch_jobs.pipeline import run_named_job
 
-    return run_job(job_config_for("caption", model, input, output, prompt=prompt, **options))
+    return run_named_job("caption", model, input, output, prompt=prompt, **options)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,20 +19,16 @@ if TYPE_CHECKING:
 
 def classify_dataset(model, input: str, *, labels: Sequence[str], **options) -> "ray.data.Dataset":
     """The lazy Dataset of label probabilities for every input image."""
-    from batch_jobs.config import job_config_for
-    from batch_jobs.pipeline import build_dataset, ensure_ray
+    from batch_jobs.pipeline import job_dataset
 
-    job = job_config_for("classify", model, input, labels=labels, **options)
-    ensure_ray(job.ray_address)
-    return build_dataset(job)
+    return job_dataset("classify", model, input, labels=labels, **options)
 
 
 def run_classify(model, input: str, output: str, *, labels: Sequence[str], **options) -> "JobSummary":
     """Classify every input image over `labels` into Parquet at `output`, resuming."""
-    from batch_jobs.config import job_config_for
-    from batch_jobs.pipeline import run_job
+    from batch_jobs.pipeline import run_named_job
 
-    return run_job(job_config_for("classify", model, input, output, labels=labels, **options))
+    return run_named_job("classify", model, input, output, labels=labels, **options)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from raysight.paths import absolute
 from raysight.spec import ModelSpec, validate_config
 
-JobName = Literal["caption", "embed", "classify"]
+from batch_jobs.jobs import ROW_JOBS, job_named
+
+JobName = Literal[ROW_JOBS]  # type: ignore[valid-type] - the registry's row jobs
 InputFormat = Literal["auto", "images", "parquet", "csv", "json"]
 
 
@@ -128,8 +130,8 @@ class JobConfig(BaseModel):
 
     @property
     def engine_task(self) -> str:
-        """The engine task this job needs: 'generate' for caption, 'embed' otherwise."""
-        return "generate" if self.job == "caption" else "embed"
+        """The engine task this job needs (the registry's): 'generate' or 'embed'."""
+        return job_named(self.job).engine_task
 
 
 def make_job_config(**fields) -> JobConfig:

@@ -20,20 +20,16 @@ if TYPE_CHECKING:
 
 def embed_dataset(model, input: str, **options) -> "ray.data.Dataset":
     """The lazy Dataset of embeddings for every input row."""
-    from batch_jobs.config import job_config_for
-    from batch_jobs.pipeline import build_dataset, ensure_ray
+    from batch_jobs.pipeline import job_dataset
 
-    job = job_config_for("embed", model, input, **options)
-    ensure_ray(job.ray_address)
-    return build_dataset(job)
+    return job_dataset("embed", model, input, **options)
 
 
 def run_embed(model, input: str, output: str, **options) -> "JobSummary":
     """Embed every input row into Parquet at `output`, resuming."""
-    from batch_jobs.config import job_config_for
-    from batch_jobs.pipeline import run_job
+    from batch_jobs.pipeline import run_named_job
 
-    return run_job(job_config_for("embed", model, input, output, **options))
+    return run_named_job("embed", model, input, output, **options)
 
 
 def main(argv: list[str] | None = None) -> int:

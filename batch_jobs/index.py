@@ -11,13 +11,14 @@ resumed) under OUTPUT/embeddings first.
 
 from __future__ import annotations
 
-import argparse
+import json
+import posixpath
 import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-from raysight.errors import ConfigError, RaysightError
+from raysight.errors import ConfigError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -50,6 +51,9 @@ class IndexSummary:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
 
 
 def load_embeddings(folder: str) -> tuple["np.ndarray", list[str], str | None, int]:
@@ -110,8 +114,6 @@ def _local_folder(output: str) -> str:
 def run_index(input: str, output: str, *, model=None, kind: str = "flat", nlist: int | None = None,
               **embed_options) -> IndexSummary:
     """Index an embed output folder, or with `model`, embed the images at `input` first."""
-    import posixpath
-
     if model is None:
         if embed_options:
             raise ConfigError(f"{', '.join(embed_options)} only apply when `model` is given")
@@ -125,38 +127,25 @@ def run_index(input: str, output: str, *, model=None, kind: str = "flat", nlist:
     return result
 
 
-def index_main(argv: list[str] | None = None) -> int:
-    """`python -m batch_jobs.index`: index an embed output, or embed then index with --model."""
-    from batch_jobs.cli import add_job_arguments, job_config_from_arguments
+def index_from_arguments(args) -> IndexSummary:
+    """The index command once its flags (the registry's) are parsed: index an embed output,
+    or with --model (or --config) embed the images first, into OUTPUT/embeddings."""
+    from batch_jobs import cli, pipeline
 
-    parser = argparse.ArgumentParser(
-        prog="python -m batch_jobs.index",
-        description="Build a FAISS index from embed output (or from images with --model).",
-    )
-    add_job_arguments(parser, "index")
-    parser.add_argument("--index-type", choices=["flat", "ivf"], default="flat",
-                        help="flat: exact search (default); ivf: approximate, for large N")
-    parser.add_argument("--nlist", type=int, help="ivf: number of lists (default ~sqrt(N))")
-    args = parser.parse_args(argv)
-    try:
-        if args.model or args.config:
-            from batch_jobs.pipeline import run_job
-
-            args.output, index_folder = f"{args.output.rstrip('/')}/{EMBEDDINGS_SUBFOLDER}", args.output
-            embed = run_job(job_config_from_arguments("embed", args))
-            summary = build_index(args.output, index_folder, kind=args.index_type, nlist=args.nlist)
-            summary.embed = embed
-        else:
-            summary = build_index(args.input, args.output, kind=args.index_type, nlist=args.nlist)
-    except RaysightError as exc:
-        print(f"index: error: {exc.message}", file=sys.stderr)
-        return 2
-    print(summary.format())
-    return 0
+    if not (args.model or args.config):
+        return build_index(args.input, args.output, kind=args.index_type, nlist=args.nlist)
+    index_folder = args.output
+    args.output = posixpath.join(index_folder, EMBEDDINGS_SUBFOLDER)
+    embed = pipeline.run_job(cli.job_config_from_arguments("embed", args))
+    summary = build_index(args.output, index_folder, kind=args.index_type, nlist=args.nlist)
+    summary.embed = embed
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
-    return index_main(argv)
+    from batch_jobs.cli import main as job_main
+
+    return job_main("index", argv)
 
 
 if __name__ == "__main__":

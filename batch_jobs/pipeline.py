@@ -65,6 +65,22 @@ def ensure_ray(address: str | None) -> None:
         ray.init(address=address)
 
 
+def job_dataset(name: str, model, input: str, **options) -> "ray.data.Dataset":
+    """The lazy Dataset of the row job `name` (what the *_dataset driver functions return)."""
+    from batch_jobs.config import job_config_for
+
+    job = job_config_for(name, model, input, **options)
+    ensure_ray(job.ray_address)
+    return build_dataset(job)
+
+
+def run_named_job(name: str, model, input: str, output: str, **options) -> "JobSummary":
+    """Run the row job `name` into `output` (what the run_* driver functions do)."""
+    from batch_jobs.config import job_config_for
+
+    return run_job(job_config_for(name, model, input, output, **options))
+
+
 def current_plan(job: JobConfig) -> StagePlan:
     import ray
 

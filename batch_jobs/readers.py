@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from raysight.errors import ConfigError
 
 from batch_jobs.config import JobConfig
+from batch_jobs.jobs import job_named
 
 if TYPE_CHECKING:
     import numpy as np
@@ -178,7 +179,8 @@ class TableColumns:
 def table_columns(schema_names: list[str], job: JobConfig, image_is_text: bool) -> TableColumns:
     """Pick the key, image, prompt and text columns of a table, with errors saying how to fix."""
     names = set(schema_names)
-    text = job.text_column if job.job == "embed" and job.text_column in names else None
+    row_inputs = job_named(job.job).row_inputs
+    text = job.text_column if "text" in row_inputs and job.text_column in names else None
     if job.image_column not in names and not text:
         raise ConfigError(
             f"the input table has no image column {job.image_column!r} (columns: "
@@ -198,7 +200,7 @@ def table_columns(schema_names: list[str], job: JobConfig, image_is_text: bool) 
             "column to be told apart in the output and on resume; set --id-column"
         )
     key = PATH_KEY if key_source == job.image_column else key_source
-    prompt = job.prompt_column if job.job == "caption" and job.prompt_column in names else None
+    prompt = job.prompt_column if "prompt" in row_inputs and job.prompt_column in names else None
     image = job.image_column if job.image_column in names else ""
     return TableColumns(key=key, key_source=key_source, image=image, prompt=prompt, text=text)
 

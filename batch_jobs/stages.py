@@ -20,7 +20,7 @@ from raysight.errors import ConfigError, ImageError, ImageTooLarge, RaysightErro
 from batch_jobs.codec import PREPARED_TYPE, decode_prepared, encode_prepared
 from batch_jobs.config import JobConfig
 from batch_jobs.readers import IMAGE, IMAGE_BYTES
-from batch_jobs.tasks import task_for
+from batch_jobs.jobs import job_named
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class PreprocessStage:
         from batch_jobs.preprocessor import build_preprocessor
 
         self.job = job
-        self.task = task_for(job.job)
+        self.task = job_named(job.job)
         self.engine = build_preprocessor(job.spec)
         _check_engine_task(self.engine, job)
         self.images = ImageSourceReader(
@@ -129,7 +129,7 @@ class ModelStage:
 
         _set_torch_threads(job.torch_threads, model_actors)
         self.job = job
-        self.task = task_for(job.job)
+        self.task = job_named(job.job)
         self.engine = build_engine(job.spec)
         _check_engine_task(self.engine, job)
 

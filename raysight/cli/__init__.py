@@ -69,18 +69,15 @@ def run_serve(argv: list[str]) -> int:
     return serve_command(argv)
 
 
-JOBS = ("caption", "embed", "classify", "index")
-
-
 def run_job(argv: list[str]) -> int:
-    import importlib
+    from batch_jobs.cli import main as job_main
+    from batch_jobs.jobs import JOBS
 
     if not argv or argv[0] not in JOBS:
         print(f"usage: raysight job {{{','.join(JOBS)}}} [flags of that job; --help lists them]",
               file=sys.stderr)
         return 2
-    module = importlib.import_module(f"batch_jobs.{argv[0]}")
-    return module.main(argv[1:]) or 0
+    return job_main(argv[0], argv[1:])
 
 
 def run_demo(argv: list[str]) -> int:
@@ -94,6 +91,8 @@ PASS_THROUGH = {"serve": run_serve, "job": run_job, "demo": run_demo}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from batch_jobs.jobs import JOBS
+
     parser = argparse.ArgumentParser(prog="raysight", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -112,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, text in (
         ("serve", "serve models over HTTP on Ray Serve (see `raysight serve --help`)"),
-        ("job", "run an offline job: caption, embed, classify or index"),
+        ("job", f"run an offline job: {', '.join(JOBS)}"),
         ("demo", "run the end-to-end tour on the built-in models"),
     ):
         commands.add_parser(name, help=text, add_help=False)

@@ -103,3 +103,25 @@ def test_job_modules_expose_main_and_the_driver_functions():
     with pytest.raises(SystemExit) as exit_info:
         caption.main(["--help"])
     assert exit_info.value.code == 0
+
+
+def test_the_job_registry_is_what_the_commands_and_the_driver_api_read(capsys):
+    import importlib
+
+    import batch_jobs
+    from batch_jobs.jobs import JOBS
+    from raysight.cli import main as raysight_main
+
+    assert list(JOBS) == ["caption", "embed", "classify", "index"]
+    for job in JOBS.values():
+        module = importlib.import_module(job.module)
+        for name in job.exports:
+            assert name in batch_jobs.__all__ and getattr(batch_jobs, name) is getattr(module, name)
+        with pytest.raises(SystemExit) as exit_info:
+            raysight_main(["job", job.name, "--help"])
+        printed = " ".join(capsys.readouterr().out.split())
+        assert exit_info.value.code == 0 and job.summary in printed
+        for flag in job.flags:
+            assert flag.name in printed, (job.name, flag.name)
+    assert raysight_main(["job", "nothing"]) == 2
+    assert "{caption,embed,classify,index}" in capsys.readouterr().err
