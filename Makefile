@@ -9,11 +9,13 @@ export HF_HUB_OFFLINE ?= 1
 
 setup: $(VENV)/.installed
 
-# torch first and pinned: a plain `torch` requirement would pull a multi-GB CUDA build.
+# torch first and pinned. From PyPI on Linux torch==2.13.0 is the multi-GB CUDA build (for GPU
+# machines); a CPU-only machine sets TORCH_INDEX=https://download.pytorch.org/whl/cpu.
+TORCH_INDEX ?=
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install --quiet -e ".[dev,bench]"
 	touch $@
 

@@ -4,12 +4,41 @@ offline once per session."""
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
 # Nothing in the tests may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+
+def _ray_running() -> bool:
+    ray = sys.modules.get("ray")  # a test that never imported Ray cannot have started it
+    return ray is not None and ray.is_initialized()
+
+
+def _refuse_ray_outside_integration(item):
+    """Run one phase of a test; fail it if it started Ray without the integration marker,
+    so `pytest -m "not integration"` is sure to run without Ray."""
+    running_before = _ray_running()
+    result = yield
+    if not running_before and _ray_running() and item.get_closest_marker("integration") is None:
+        pytest.fail(f"{item.nodeid} started Ray but is not marked integration; add "
+                    "`pytestmark = pytest.mark.integration` to its module")
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    return (yield from _refuse_ray_outside_integration(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    return (yield from _refuse_ray_outside_integration(item))
+
 
 ARCHITECTURES = ("qwen2-vl", "qwen2.5-vl", "llava", "blip", "clip", "siglip", "siglip2")
 GENERATIVE = ("qwen2-vl", "qwen2.5-vl", "llava", "blip")

@@ -11,6 +11,8 @@ import pytest
 from raysight.builtin import BUILTIN_MODELS
 from raysight.shapes import QUESTIONS, write_shapes_folder
 
+pytestmark = pytest.mark.integration
+
 VLM = "builtin:shapes-vlm"
 IMAGES = 200
 CORRUPT = 3

@@ -18,6 +18,8 @@ import pytest
 from raysight.errors import ConfigError
 from raysight.shapes import write_shapes_folder
 
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parents[2]
 IMAGES = 240
 

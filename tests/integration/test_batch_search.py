@@ -14,6 +14,8 @@ import pytest
 from raysight.builtin import BUILTIN_MODELS
 from raysight.shapes import ALL_CAPTIONS, write_shapes_folder
 
+pytestmark = pytest.mark.integration
+
 CLIP = "builtin:shapes-clip"
 
 

@@ -9,8 +9,11 @@ import textwrap
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from raysight.shapes import write_shapes_folder
+
+pytestmark = pytest.mark.integration
 
 # Its own Ray with 2 CPUs: the model and preprocess pools reserve 1.5 of them, so every
 # other stage of the job must fit in what is left.

@@ -21,6 +21,8 @@ import pytest
 
 from raysight.shapes import write_shapes_folder
 
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
