@@ -21,11 +21,13 @@ from bench.report import evaluate_targets, format_table, format_targets, write_j
 from bench.settings import BenchSettings
 
 SCENARIOS = ("batch_sweep", "cold_start", "online_embeddings", "online_generation",
-             "offline_embed", "caching")
-# `make bench`: the throughput scenarios. The caching benchmark (~5 min) runs on its own
-# (`make bench-caching`); its rows stay in latest.json from its last run.
-DEFAULT_SCENARIOS = SCENARIOS[:-1]
-RAY_SCENARIOS = {"online_embeddings", "online_generation", "offline_embed", "caching"}
+             "offline_embed", "caching", "serve_batch")
+# `make bench`: the throughput scenarios. The caching benchmark (~5 min) and the batcher
+# comparison (serve_batch) run on their own (`--only`); their rows stay in latest.json
+# from their last run.
+DEFAULT_SCENARIOS = tuple(s for s in SCENARIOS if s not in ("caching", "serve_batch"))
+RAY_SCENARIOS = {"online_embeddings", "online_generation", "offline_embed", "caching",
+                 "serve_batch"}
 DEFAULT_EMBED_BATCH = 16
 
 
@@ -158,6 +160,10 @@ def _ray_scenarios(chosen: set[str], embed: str, vlm: str, best: int,
             from bench.online import online_generation
 
             timed("online_generation", lambda: online_generation(vlm, settings, log))
+        if "serve_batch" in chosen:
+            from bench.serve_batch import serve_batch
+
+            timed("serve_batch", lambda: serve_batch(embed, settings, log))
         from ray import serve
 
         serve.shutdown()

@@ -28,6 +28,9 @@ class BenchSettings:
     offline_loop_segment_s: float = 8.0  # the plain loop's repeats: stretches this long
     cold_start_repeats: int = 3
     cold_start_timeout_s: float = 120.0
+    # serve_batch (bench/serve_batch.py): DrainBatcher vs @serve.batch vs max_batch_size=1.
+    serve_batch_clients: int = 32
+    serve_batch_window_s: float = 2.0
 
     @property
     def max_clients(self) -> int:
@@ -39,5 +42,5 @@ QUICK = BenchSettings(
     quick=True, repeats=1, embed_clients=(1, 8), chat_clients=(1, 8), embed_window_s=0.5,
     chat_window_s=0.5, new_tokens=8, chat_max_batch_size=8,
     sweep_batches=(1, 8), sweep_window_s=0.2, offline_images=64, offline_loop_segment_s=1.0,
-    cold_start_repeats=1,
+    cold_start_repeats=1, serve_batch_clients=8, serve_batch_window_s=0.5,
 )

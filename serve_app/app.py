@@ -83,7 +83,9 @@ def deployment_name(model: str) -> str:
     return "model-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", model)
 
 
-def _model_deployment(served: ServedModel, model_server: type):
+def model_deployment(served: ServedModel):
+    """The Serve deployment (not yet bound) of one served model: ModelServer with the
+    options of `served.deployment`."""
     from ray import serve
 
     options = served.deployment
@@ -92,7 +94,7 @@ def _model_deployment(served: ServedModel, model_server: type):
         if options.autoscaling_config else {"num_replicas": options.num_replicas}
     )
     return serve.deployment(
-        model_server,
+        ModelServer,
         name=deployment_name(served.name),
         ray_actor_options=options.ray_actor_options(),
         # >= max_batch_size: Serve's default of 5 would silently cap every batch at 5.
@@ -101,17 +103,14 @@ def _model_deployment(served: ServedModel, model_server: type):
         backpressure_config={"retry_after_s": options.retry_after_s},
         logging_config=LOGGING_CONFIG,
         **scaling,
-    ).bind(served.spec, options.torch_threads)
+    )
 
 
-def build_app(config: ServeConfig, model_server: type = ModelServer):
-    """The Serve application for `config` (pass it to ``serve.run``).
-
-    `model_server` may be a ModelServer subclass (the benchmark swaps in Ray's
-    ``@serve.batch`` this way to compare it with the DrainBatcher)."""
+def ingress_deployment(config: ServeConfig):
+    """The Serve deployment (not yet bound) of the HTTP ingress, with `config.ingress`'s
+    options; bind it to (config, handles of the model deployments)."""
     from ray import serve
 
-    handles = {served.name: _model_deployment(served, model_server) for served in config.models}
     ingress = config.ingress
     return serve.deployment(
         serve.ingress()(Ingress),
@@ -122,7 +121,15 @@ def build_app(config: ServeConfig, model_server: type = ModelServer):
         max_queued_requests=ingress.max_queued_requests,
         backpressure_config={"retry_after_s": 1},
         logging_config=LOGGING_CONFIG,
-    ).bind(config, handles)
+    )
+
+
+def build_app(config: ServeConfig):
+    """The Serve application for `config` (pass it to ``serve.run``)."""
+    handles = {served.name: model_deployment(served).bind(served.spec,
+                                                           served.deployment.torch_threads)
+               for served in config.models}
+    return ingress_deployment(config).bind(config, handles)
 
 
 def app_builder(args: dict[str, Any]):

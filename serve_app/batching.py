@@ -7,11 +7,12 @@ merged into the next one, and raising ``max_concurrent_batches`` only runs those
 batches side by side on the same cores. This batcher forms a batch when the model becomes
 free, from everything queued by then, so under load every batch is as full as the queue.
 
-Measured with ``python -m serve_app.benchmark`` (random ViT-B/32-shaped CLIP, image
-embeddings, 32 closed-loop clients in another process, 2 cores shared with a training job,
-max_batch_size 16): this batcher ran batches of 16 (mean 15.9) at 12.5 req/s, 87% of the
-engine alone on full batches (14.4 img/s); ``@serve.batch`` formed batches of mean 1.6 and
-served 8.3 req/s; max_batch_size=1 served 7.8 req/s.
+Measured with the earlier harness (``serve_app/benchmark.py``, now the bench scenario
+``python -m bench --only serve_batch``; random ViT-B/32-shaped CLIP, image embeddings, 32
+closed-loop clients in another process, 2 cores shared with a training job, max_batch_size
+16): this batcher ran batches of 16 (mean 15.9) at 12.5 req/s, 87% of the engine alone on
+full batches (14.4 img/s); ``@serve.batch`` formed batches of mean 1.6 and served 8.3 req/s;
+max_batch_size=1 served 7.8 req/s. The README gives the scenario's latest figures.
 
 The model runs on one dedicated thread, so the replica's event loop keeps accepting,
 preprocessing and answering requests while a batch runs.

@@ -24,7 +24,7 @@ API_KEY_ENV = "RAYSIGHT_API_KEY"
 logger = logging.getLogger(__name__)
 
 
-def start_serving(config: ServeConfig, **build_options) -> str:
+def start_serving(config: ServeConfig) -> str:
     """Deploy `config` on the Ray this process is connected to; return the base URL once
     every deployment is up. Starts Serve's HTTP proxy on config.host:config.port if Serve
     is not running yet."""
@@ -37,7 +37,7 @@ def start_serving(config: ServeConfig, **build_options) -> str:
         logging_config=LOGGING_CONFIG,
     )
     # serve.run returns when every replica has loaded its model and passed its health check.
-    serve.run(build_app(config, **build_options), name=config.app_name, route_prefix="/",
+    serve.run(build_app(config), name=config.app_name, route_prefix="/",
               logging_config=LOGGING_CONFIG)
     host, port = _proxy_address(config)
     return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"

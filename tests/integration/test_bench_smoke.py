@@ -55,12 +55,31 @@ def test_quick_bench_writes_json_and_plots(tmp_path):
     assert "targets:" in done.stdout
 
 
+@pytest.mark.timeout(240)
+def test_quick_serve_batch_compares_the_three_batchers(tmp_path):
+    """bench/serve_batch.py: the DrainBatcher, @serve.batch and max_batch_size=1 side by side
+    behind raysight's ingress, each answering every request and reporting its batches."""
+    command = [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path),
+               "--only", "serve_batch"]
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1")
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=230)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((tmp_path / "latest.json").read_text())["rows"]
+    figures = {(r["variant"], r["metric"]): r["value"] for r in rows
+               if r["scenario"] == "serve_batch"}
+    for variant in ("drain", "serve.batch", "drain_mbs1"):
+        assert figures[(variant, "throughput")] > 0 and figures[(variant, "p99_ms")] > 0
+        assert 1 <= figures[(variant, "mean_batch")] <= 16
+    assert figures[("drain_mbs1", "mean_batch")] == 1
+
+
 def test_readme_benchmarks_section_shows_committed_results():
     """The README's Benchmarks section (excluded from the README command checks) shows
     plots that exist and names only scenarios `python -m bench --only` accepts."""
     import re
 
-    from bench.runner import SCENARIOS
+    from bench.runner import DEFAULT_SCENARIOS
 
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     match = re.search(r"^## Benchmarks\n(.*?)(?=^## |\Z)", text, flags=re.M | re.S)
@@ -73,4 +92,5 @@ def test_readme_benchmarks_section_shows_committed_results():
     assert {"online_embeddings", "offline_embed"} <= set(named)
     results = json.loads((ROOT / "bench" / "results" / "latest.json").read_text())
     assert results["quick"] is False
-    assert {r["scenario"] for r in results["rows"]} >= set(SCENARIOS) - {"caching"}
+    # `make bench` records the default scenarios; caching and serve_batch run on their own.
+    assert {r["scenario"] for r in results["rows"]} >= set(DEFAULT_SCENARIOS)
