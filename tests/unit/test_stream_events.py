@@ -83,6 +83,7 @@ def test_the_happy_path_in_order_role_deltas_finish_usage_done():
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert [c["choices"][0]["delta"]["content"] for c in chunks[1:3]] == ["re", "d"]
     assert chunks[3]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[3]["raysight"] == {"batch_size": 2}  # the Final event's batch
     assert chunks[4]["choices"] == [] and chunks[4]["usage"]["completion_tokens"] == 2
     assert len(chunks) == 5 and replica.closed
 
