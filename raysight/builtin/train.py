@@ -2,8 +2,10 @@
 
 Both models learn from a pool of drawn shapes that is redrawn bit by bit as training goes
 (preprocessed by the model's own processor, exactly as at inference) and are scored on
-shapes drawn from another seed. The same seed and step count give the same weights on the
-same torch build.
+shapes drawn from another seed. The drawings are varied (`raysight.builtin.augment`: sizes,
+places, anti-aliasing, backgrounds, blur, JPEG) so that the models recognise shapes drawn by
+other renderers too, not only by `raysight.shapes`. The same seed, step count and thread
+count give the same weights on the same torch build.
 """
 
 from __future__ import annotations
@@ -32,10 +34,23 @@ class TrainSettings:
     weight_decay: float = 0.01
     pool_size: int = 20_000
     refresh_every: int = 50  # steps between pool refreshes
-    refresh_size: int = 2_000  # images redrawn at each refresh
+    refresh_size: int = 1_000  # images redrawn at each refresh
     held_out_size: int = 600
     log_every: int = 100
     eval_every: int = 500
+    # Input side in pixels. 48, not 32: a small shape at 32 px is a few pixels across, too
+    # few to tell a square from a circle once blurred or compressed.
+    image_size: int = 48
+
+
+def draw_training_set(n: int, seed: int) -> list:
+    """`n` varied training drawings with their labels; the same seed gives the same list."""
+    import numpy as np
+
+    from raysight.builtin.augment import draw_augmented
+
+    rng = np.random.default_rng(seed)
+    return [draw_augmented(rng) for _ in range(n)]
 
 
 class ShapePool:
@@ -60,9 +75,10 @@ class ShapePool:
     def _draw(self, n: int):
         import torch
 
-        from raysight.shapes import ALL_CAPTIONS, draw_shape
+        from raysight.builtin.augment import draw_augmented
+        from raysight.shapes import ALL_CAPTIONS
 
-        drawn = [draw_shape(self._rng) for _ in range(n)]
+        drawn = [draw_augmented(self._rng) for _ in range(n)]
         chunks = []
         for start in range(0, n, 2000):
             images = [image for image, _ in drawn[start : start + 2000]]
@@ -158,12 +174,70 @@ def fit(
     return {**scores, "wall_seconds": round(time.perf_counter() - start, 1)}
 
 
-def save(model, processor, out: Path, settings: TrainSettings, scores: dict[str, float]) -> None:
-    """Write the Hugging Face folder (safetensors) and how it was made."""
+def warm_start(model, init: Path):
+    """Load the weights saved in `init` into `model`, whose input may be larger.
+
+    The vision tower's position embeddings (one per patch of a square grid, after one for
+    the class token) are resized to the new grid bicubically, so a model trained at 32 px
+    can continue at 48 px; every other weight must match in name and shape.
+    """
+    import torch
+    import torch.nn.functional as F
+    from safetensors.torch import load_file
+
+    saved = load_file(init / "model.safetensors")
+    own = model.state_dict()
+    for name, value in saved.items():
+        if "vision_model.embeddings.position_embedding" not in name:
+            continue
+        target = own[name]
+        if value.shape == target.shape:
+            continue
+        rows, target_rows = value.reshape(-1, value.shape[-1]), target.shape[-2]
+        old, new = math.isqrt(rows.shape[0] - 1), math.isqrt(target_rows - 1)
+        grid = rows[1:].T.reshape(1, -1, old, old)
+        grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
+        resized = torch.cat([rows[:1], grid.reshape(-1, new * new).T])
+        saved[name] = resized.reshape(target.shape)
+    missing, unexpected = model.load_state_dict(saved, strict=False)
+    # Tied weights (BLIP's decoder shares its word embeddings) are saved once.
+    tied = set(getattr(model, "_tied_weights_keys", None) or {})
+    missing = [key for key in missing if key not in tied and not key.endswith("position_ids")]
+    if missing or unexpected:
+        raise ValueError(f"{init} does not fit this model: missing {missing}, "
+                         f"unexpected {unexpected}")
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    return model
+
+
+def describe_init(init: Path | None) -> dict | None:
+    """What a warm start began from: the weights' SHA-256 and how they were trained."""
+    if init is None:
+        return None
+    import hashlib
+
+    weights = (init / "model.safetensors").read_bytes()
+    record = {"sha256": hashlib.sha256(weights).hexdigest()}
+    history = init / "training.json"
+    if history.is_file():
+        record["training"] = json.loads(history.read_text())
+    return record
+
+
+def save(model, processor, out: Path, settings: TrainSettings, scores: dict[str, float],
+         init: dict | None = None) -> None:
+    """Write the Hugging Face folder (safetensors) and how it was made.
+
+    `init` (from `describe_init`, read before `out` may overwrite it) records the weights a
+    warm start began from.
+    """
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     record = {"settings": asdict(settings), "held_out": scores}
+    if init is not None:
+        record["init"] = init
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
@@ -181,17 +255,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="folder to write (default: the shipped one)")
     parser.add_argument("--steps", type=int, help="optimizer steps (default: the shipped recipe)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--init", type=Path,
+        help="warm start: continue from the model in this folder with the recipe's shorter "
+        "fine-tuning settings (default: train from random weights)",
+    )
+    parser.add_argument("--image-size", type=int, help="input side in pixels (default: 48)")
+    parser.add_argument(
+        "--threads", type=int, default=2,
+        help="torch threads (default 2); results are reproducible for one thread count",
+    )
     args = parser.parse_args(argv)
 
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     recipe = importlib.import_module(trainers[args.model])
-    settings = replace(recipe.SETTINGS, steps=args.steps or recipe.SETTINGS.steps, seed=args.seed)
+    base = recipe.FINETUNE if args.init else recipe.SETTINGS
+    settings = replace(base, steps=args.steps or base.steps, seed=args.seed,
+                       image_size=args.image_size or base.image_size)
     out = args.out or BUILTIN_MODELS[args.model]
-    print(f"training {args.model}: {settings}", flush=True)
+    start_from = f"the weights in {args.init}" if args.init else "random weights"
+    print(f"training {args.model} from {start_from}: {settings}", flush=True)
     started = time.perf_counter()
-    scores = recipe.train(out, settings)
+    scores = recipe.train(out, settings, init=args.init)
     wall = time.perf_counter() - started
     held_out = "  ".join(f"{k} {v:.3f}" for k, v in scores.items() if k != "wall_seconds")
     print(f"final held-out {held_out}", flush=True)

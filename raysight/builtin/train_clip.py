@@ -10,24 +10,34 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from raysight.builtin.train import HELD_OUT_OFFSET, ShapePool, TrainSettings, fit, save
+from raysight.builtin.train import (
+    HELD_OUT_OFFSET,
+    ShapePool,
+    TrainSettings,
+    describe_init,
+    fit,
+    save,
+    warm_start,
+)
 
-SETTINGS = TrainSettings(steps=3500, lr=3e-3, warmup_steps=100)
-IMAGE_SIZE = 32
+SETTINGS = TrainSettings(steps=5000, lr=3e-3, warmup_steps=100)
+# Continuing from a trained model (`--init`): a short run at a lower rate, a smaller pool.
+FINETUNE = TrainSettings(steps=1200, lr=1e-3, warmup_steps=50, pool_size=8_000,
+                         refresh_size=500, held_out_size=400, eval_every=400)
 
 
-def build_processor():
+def build_processor(image_size: int):
     from transformers import CLIPImageProcessorPil, CLIPProcessor
 
     from raysight.builtin.tokenization import build_clip_tokenizer
 
     image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
     return CLIPProcessor(image_processor=image_processor, tokenizer=build_clip_tokenizer())
 
 
-def build_model(tokenizer):
+def build_model(tokenizer, image_size: int):
     from transformers import CLIPConfig, CLIPModel
 
     tower = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4)
@@ -41,7 +51,7 @@ def build_model(tokenizer):
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         ),
-        vision_config=dict(**tower, image_size=IMAGE_SIZE, patch_size=8),
+        vision_config=dict(**tower, image_size=image_size, patch_size=8),
         projection_dim=64,
     )
     return CLIPModel(config)
@@ -59,16 +69,22 @@ def _embed_images(model, pixel_values):
     return F.normalize(model.get_image_features(pixel_values=pixel_values).pooler_output, dim=-1)
 
 
-def train(out: Path, settings: TrainSettings) -> dict[str, float]:
-    """Train shapes-clip with `settings` and save it (model + processor) to `out`."""
+def train(out: Path, settings: TrainSettings, init: Path | None = None) -> dict[str, float]:
+    """Train shapes-clip with `settings` and save it (model + processor) to `out`.
+
+    With `init`, training continues from the model saved in that folder.
+    """
     import torch
     import torch.nn.functional as F
 
     from raysight.shapes import ALL_CAPTIONS
 
     torch.manual_seed(settings.seed)
-    processor = build_processor()
-    model = build_model(processor.tokenizer)
+    processor = build_processor(settings.image_size)
+    model = build_model(processor.tokenizer, settings.image_size)
+    if init is not None:
+        warm_start(model, init)
+    started_from = describe_init(init)
     print(f"shapes-clip: {sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
     pool = ShapePool(processor.image_processor, settings.pool_size, settings.seed)
     held_out = ShapePool(
@@ -100,5 +116,5 @@ def train(out: Path, settings: TrainSettings) -> dict[str, float]:
     scores = fit(model, pool, settings, batch_loss, evaluate)
     with torch.no_grad():
         model.logit_scale.clamp_(max=max_scale)
-    save(model, processor, out, settings, scores)
+    save(model, processor, out, settings, scores, started_from)
     return scores

@@ -10,11 +10,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from raysight.builtin.train import HELD_OUT_OFFSET, ShapePool, TrainSettings, fit, save
+from raysight.builtin.train import (
+    HELD_OUT_OFFSET,
+    ShapePool,
+    TrainSettings,
+    describe_init,
+    fit,
+    save,
+    warm_start,
+)
 
 # BLIP's text decoder is post-LayerNorm (BERT style): it learns faster at 1e-3 than at 3e-3.
 SETTINGS = TrainSettings(steps=8000, lr=1e-3, warmup_steps=100)
-IMAGE_SIZE = 32
+# Continuing from a trained model (`--init`): a short run at a lower rate, a smaller pool,
+# scored once at the end (the generate loop is slow).
+FINETUNE = TrainSettings(steps=1500, lr=5e-4, warmup_steps=50, pool_size=8_000,
+                         refresh_size=500, held_out_size=200, eval_every=1500)
 MAX_NEW_TOKENS = 12
 
 
@@ -31,16 +42,16 @@ def answer_for(task: str, label) -> str:
     return {"shape": label.shape, "color": label.color}.get(task, label.caption)
 
 
-def build_processor():
+def build_processor(image_size: int):
     from transformers import BlipImageProcessorPil, BlipProcessor
 
     from raysight.builtin.tokenization import build_blip_tokenizer
 
-    image_processor = BlipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    image_processor = BlipImageProcessorPil(size={"height": image_size, "width": image_size})
     return BlipProcessor(image_processor=image_processor, tokenizer=build_blip_tokenizer())
 
 
-def build_model(tokenizer):
+def build_model(tokenizer, image_size: int):
     from transformers import BlipConfig, BlipForConditionalGeneration
 
     config = BlipConfig(
@@ -49,7 +60,7 @@ def build_model(tokenizer):
             intermediate_size=256,
             num_hidden_layers=2,
             num_attention_heads=4,
-            image_size=IMAGE_SIZE,
+            image_size=image_size,
             patch_size=8,
             # BLIP's default (1e-10) starts the position embeddings at zero, which leaves the
             # model blind to shape for thousands of steps; 0.02 is CLIP's choice.
@@ -116,19 +127,25 @@ def generate_answers(model, processor, images: list, prompt: str) -> list[str]:
     return [decode(row[start:], skip_special_tokens=True).strip() for row in out]
 
 
-def train(out: Path, settings: TrainSettings) -> dict[str, float]:
-    """Train shapes-vlm with `settings` and save it (model + processor) to `out`."""
+def train(out: Path, settings: TrainSettings, init: Path | None = None) -> dict[str, float]:
+    """Train shapes-vlm with `settings` and save it (model + processor) to `out`.
+
+    With `init`, training continues from the model saved in that folder.
+    """
     import torch
 
-    from raysight.shapes import make_shapes
+    from raysight.builtin.train import draw_training_set
 
     torch.manual_seed(settings.seed)
-    processor = build_processor()
-    model = build_model(processor.tokenizer)
+    processor = build_processor(settings.image_size)
+    model = build_model(processor.tokenizer, settings.image_size)
+    if init is not None:
+        warm_start(model, init)
+    started_from = describe_init(init)
     print(f"shapes-vlm: {sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
     pool = ShapePool(processor.image_processor, settings.pool_size, settings.seed)
     # Half the images: each is asked four things, by a slow generate loop.
-    held_out = make_shapes(settings.held_out_size // 2, settings.seed + HELD_OUT_OFFSET)
+    held_out = draw_training_set(settings.held_out_size // 2, settings.seed + HELD_OUT_OFFSET)
     input_ids, attention_mask, targets = training_rows(processor.tokenizer)
     n_tasks = input_ids.shape[0]
     task_sampler = torch.Generator().manual_seed(settings.seed + 1)
@@ -154,5 +171,5 @@ def train(out: Path, settings: TrainSettings) -> dict[str, float]:
         return {"accuracy": min(scores.values()), **scores}
 
     scores = fit(model, pool, settings, batch_loss, evaluate)
-    save(model, processor, out, settings, scores)
+    save(model, processor, out, settings, scores, started_from)
     return scores
