@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Iterable
 
 from batch_jobs.config import JobConfig
 from batch_jobs.readers import InputSource, JobInput, resolve_input
-from batch_jobs.resources import StagePlan, plan_stages
+from batch_jobs.resources import StagePlan, plan_job_on_nodes
 from batch_jobs.stages import ModelStage, PreprocessStage
 from batch_jobs.writer import SUMMARY_FILE, OutputFolder, PartFileDatasink
 
@@ -82,9 +82,12 @@ def run_named_job(name: str, model, input: str, output: str, **options) -> "JobS
 
 
 def current_plan(job: JobConfig) -> StagePlan:
+    """The job's plan on the nodes of the Ray this process is connected to."""
     import ray
 
-    return plan_stages(job, ray.cluster_resources())
+    from raysight.placement import nodes_from_ray
+
+    return plan_job_on_nodes(job, nodes_from_ray(ray.nodes()))
 
 
 def build_dataset(

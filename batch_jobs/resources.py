@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from raysight.errors import ConfigError
+from raysight.placement import ActorShape, ClusterNode, place_actors
 
 from batch_jobs.config import JobConfig
 
@@ -87,3 +88,26 @@ def _gpus_per_actor(job: JobConfig, gpus: float) -> float:
             )
         return job.num_gpus
     return 1.0 if gpus >= 1 and job.spec.device != "cpu" else 0.0
+
+
+def cluster_totals(nodes: list[ClusterNode]) -> dict[str, float]:
+    """The cluster-wide CPU and GPU totals of `nodes` (what `ray.cluster_resources()` sums)."""
+    return {"CPU": sum(n.cpus for n in nodes), "GPU": sum(n.gpus for n in nodes)}
+
+
+def plan_job_on_nodes(job: JobConfig, nodes: list[ClusterNode]) -> StagePlan:
+    """`plan_stages` over the nodes' totals, then a check that every GPU model actor fits on
+    one node: 2 actors of 2 GPUs do not fit on 4 nodes of 1 GPU, though the cluster has 4.
+    Raises PlacementError before anything starts when they do not."""
+    plan = plan_stages(job, cluster_totals(nodes))
+    if plan.model_num_gpus:
+        shape = ActorShape(num_cpus=plan.model_num_cpus, num_gpus=plan.model_num_gpus)
+        place_actors(nodes, shape, plan.model_actors)
+    return plan
+
+
+def model_actor_nodes(job: JobConfig, nodes: list[ClusterNode]) -> list[str]:
+    """Where the job's model actors go: one node name per actor (see `place_actors`)."""
+    plan = plan_job_on_nodes(job, nodes)
+    shape = ActorShape(num_cpus=plan.model_num_cpus, num_gpus=plan.model_num_gpus)
+    return place_actors(nodes, shape, plan.model_actors)

@@ -83,6 +83,12 @@ class NotFound(RaysightError):
     code = "not_found"
 
 
+class PlacementError(ConfigError):
+    """Model actors or replicas cannot be placed on the cluster's nodes as asked."""
+
+    code = "placement_impossible"
+
+
 class UnsupportedModel(ConfigError):
     """The model loads but no raysight family or task knows how to run it."""
 
