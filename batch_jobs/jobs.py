@@ -32,9 +32,10 @@ class Flag:
     help: str
     field: str | None = None
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    aliases: tuple[str, ...] = ()  # older spellings that still work
 
     def add(self, parser) -> None:
-        parser.add_argument(self.name, help=self.help, **self.options)
+        parser.add_argument(self.name, *self.aliases, help=self.help, **self.options)
 
     @property
     def dest(self) -> str:
@@ -75,7 +76,9 @@ RUNTIME_FLAGS = (
            action="store_true"),
     Flag("--no-progress", "hide the progress bars", "progress",
          {"action": "store_false", "dest": "progress"}),
-    _field("--ray-address", "Ray cluster address (default: RAY_ADDRESS / auto)"),
+    Flag("--address", "Ray cluster to join, e.g. HOST:6379 or 'auto' (default: $RAY_ADDRESS, "
+         "else a running local cluster, else a new local Ray)", "ray_address",
+         {"dest": "ray_address"}, aliases=("--ray-address",)),
 )
 
 

@@ -198,6 +198,12 @@ class ServeConfig(_Frozen):
         "UI's Authorize button takes the key for 'Try it out'. false turns all three off.",
     )
     app_name: str = Field("raysight", description="The Serve application name.")
+    route_prefix: str = Field(
+        "/",
+        pattern=r"^/[^{}]*$",
+        description="The HTTP path the app is served under. Several apps share one Serve "
+        "cluster (and its proxy) only under distinct prefixes, e.g. '/captions'.",
+    )
     ingress: IngressOptions = Field(
         default_factory=IngressOptions,
         description="The HTTP-facing deployment that parses requests and routes them.",

@@ -28,19 +28,25 @@ def start_serving(config: ServeConfig) -> str:
     """Deploy `config` on the Ray this process is connected to; return the base URL once
     every deployment is up. Starts Serve's HTTP proxy on config.host:config.port if Serve
     is not running yet."""
+    import ray
     from ray import serve
 
+    from raysight.placement import nodes_from_ray
     from serve_app.app import LOGGING_CONFIG, build_app
+    from serve_app.placement import check_gpu_placement
 
+    # A GPU ask the nodes cannot hold is refused here, before Serve waits on it forever.
+    check_gpu_placement(config, nodes_from_ray(ray.nodes()))
     serve.start(
         http_options={"host": config.host, "port": config.port},
         logging_config=LOGGING_CONFIG,
     )
     # serve.run returns when every replica has loaded its model and passed its health check.
-    serve.run(build_app(config), name=config.app_name, route_prefix="/",
+    serve.run(build_app(config), name=config.app_name, route_prefix=config.route_prefix,
               logging_config=LOGGING_CONFIG)
     host, port = _proxy_address(config)
-    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    prefix = config.route_prefix.rstrip("/")
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}{prefix}"
 
 
 def _proxy_address(config: ServeConfig) -> tuple[str, int]:
@@ -55,31 +61,58 @@ def _proxy_address(config: ServeConfig) -> tuple[str, int]:
     return http.host, http.port
 
 
-def serve_config(config: ServeConfig, ray_address: str | None = "local") -> None:
-    """Start Ray (a private local instance unless `ray_address` is given), serve `config`,
-    print the URL and block until Ctrl-C or SIGTERM; then shut Serve and Ray down."""
+def resolve_ray_address(address: str | None) -> str:
+    """The Ray to use: `address` if given, else $RAY_ADDRESS, else "local" (a private Ray)."""
+    return address or os.environ.get("RAY_ADDRESS") or "local"
+
+
+def serve_config(config: ServeConfig, ray_address: str | None = None) -> None:
+    """Serve `config` on Ray, print the URL and block until Ctrl-C or SIGTERM.
+
+    With no address (and no $RAY_ADDRESS) Ray is a private local instance, and stopping shuts
+    Serve and that Ray down. With one, this command joined a cluster that others use: stopping
+    deletes only this command's application and leaves the cluster, Serve and other apps up.
+    """
     import ray
     from ray import serve
 
-    started_ray = not ray.is_initialized()
-    if started_ray:
+    address = resolve_ray_address(ray_address)
+    joined = address != "local"
+    connected_here = not ray.is_initialized()
+    if connected_here:
         # Logs stay in Ray's log files: forwarding them to this terminal costs throughput.
-        ray.init(address=ray_address, log_to_driver=False, include_dashboard=False)
+        ray.init(address=address, log_to_driver=False,
+                 **({} if joined else {"include_dashboard": False}))
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     try:
         url = start_serving(config)
         names = ", ".join(served.name for served in config.models)
+        where = f" on the Ray cluster at {address}" if joined else ""
         print(f"raysight: serving {names} at {url} (OpenAI API at {url}/v1; try it in a "
-              f"browser at {url}/); Ctrl-C to stop", flush=True)
+              f"browser at {url}/){where}; Ctrl-C to stop", flush=True)
         while not stop.wait(0.5):
             pass
         print("raysight: shutting down", flush=True)
     finally:
+        _stop_serving(config, joined)
+        if connected_here:
+            ray.shutdown()  # on a joined cluster this only disconnects this process
+
+
+def _stop_serving(config: ServeConfig, joined: bool) -> None:
+    """Undo what this command started: its own app on a joined cluster, all of Serve on a
+    private Ray."""
+    from ray import serve
+
+    if not joined:
         serve.shutdown()
-        if started_ray:
-            ray.shutdown()
+        return
+    try:
+        serve.delete(config.app_name)
+    except Exception:  # noqa: BLE001 - the app may never have been deployed
+        logger.warning("could not delete app %r from the cluster", config.app_name, exc_info=True)
 
 
 def serve_models(
@@ -89,7 +122,7 @@ def serve_models(
     *,
     indexes: Sequence[str] = (),
     api_key: str | None = None,
-    ray_address: str | None = "local",
+    ray_address: str | None = None,
 ) -> None:
     """Serve `specs` over HTTP until interrupted (what ``raysight serve`` runs)."""
     config = ServeConfig.for_specs(
@@ -115,9 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
                         help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV})")
     parser.add_argument("--serve-config", help="a ServeConfig YAML file (instead of --model)")
-    parser.add_argument("--address", default="local",
-                        help="Ray address to join ('auto', 'ray://...'); default: a private "
-                        "local Ray")
+    parser.add_argument("--address",
+                        help="Ray cluster to join ('auto', 'HOST:6379', 'ray://HOST:10001'); "
+                        "default: $RAY_ADDRESS, else a private local Ray. Stopping a command "
+                        "that joined a cluster removes only its own app")
     return parser
 
 
@@ -150,7 +184,7 @@ def serve_command(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = config_from_arguments(args)
-        serve_config(config, None if args.address in ("", "none") else args.address)
+        serve_config(config, args.address)
     except RaysightError as exc:
         print(f"raysight serve: error: {exc.message}", file=sys.stderr)
         return 2
