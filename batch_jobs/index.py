@@ -98,17 +98,11 @@ def build_index(embeddings: str, output: str, *, kind: str = "flat", nlist: int 
     started = time.perf_counter()
     vectors, ids, model, skipped = load_embeddings(embeddings)
     index = VectorIndex.build(vectors, ids, kind=kind, nlist=nlist, model=model)
-    index.save(_local_folder(output))
+    index.save(output.removeprefix("file://"))
     return IndexSummary(
         output=output, rows=len(ids), skipped=skipped, dim=index.dim, kind=kind, model=model,
         seconds=round(time.perf_counter() - started, 3),
     )
-
-
-def _local_folder(output: str) -> str:
-    if "://" in output and not output.startswith("file://"):
-        raise ConfigError("the index is written with FAISS to a local folder; give a local --output")
-    return output.removeprefix("file://")
 
 
 def run_index(input: str, output: str, *, model=None, kind: str = "flat", nlist: int | None = None,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
 from raysight.errors import ConfigError
+from raysight.storage import open_filesystem
 
 from batch_jobs.config import JobConfig
 from batch_jobs.jobs import job_named
@@ -43,18 +44,6 @@ class InputSource:
     image_root: str  # where relative image paths in a table are read from
 
 
-def open_filesystem(location: str) -> tuple[Any, str]:
-    """The pyarrow filesystem and path for a local path or a URI (s3://, gs://, file://)."""
-    import pyarrow.fs as pafs
-
-    if "://" in location:
-        try:
-            return pafs.FileSystem.from_uri(location)
-        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types here
-            raise ConfigError(f"cannot open {location!r}: {exc}") from None
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(location))
-
-
 def resolve_input(job: JobConfig) -> InputSource:
     """List the input's files on the driver and tell images from tables."""
     filesystem, path = open_filesystem(job.input)
@@ -69,7 +58,8 @@ def resolve_input(job: JobConfig) -> InputSource:
             f"no {fmt} files ({', '.join(wanted)}) found at {job.input!r}; check the path, or "
             "set --input-format"
         )
-    root = job.image_root or os.path.dirname(chosen[0])
+    # Paths inside the input's filesystem: for s3://bucket/images that is bucket/images.
+    root = open_filesystem(job.image_root)[1] if job.image_root else os.path.dirname(chosen[0])
     return InputSource(format=fmt, filesystem=filesystem, files=chosen, image_root=root)
 
 

@@ -37,6 +37,9 @@ class PartFileDatasink(Datasink):
         self.output = output
         self.run_id = run_id
         self.rows_per_file = rows_per_file
+        # Opened on the driver and shipped to the write tasks with the sink, so the
+        # object-storage settings the driver resolved (endpoint, region) hold on every node.
+        self.filesystem, self.root = open_filesystem(output)
         self.write_returns: list[dict] = []
 
     @property
@@ -56,7 +59,7 @@ class PartFileDatasink(Datasink):
         if not tables:
             return {"rows": 0, "failures": {}, "examples": {}, "file": None}
         table = pa.concat_tables(tables, promote_options="default")
-        filesystem, root = open_filesystem(self.output)
+        filesystem, root = self.filesystem, self.root
         name = f"{PART_PREFIX}{self.run_id}-{ctx.task_idx:05d}{PART_SUFFIX}"
         temporary = posixpath.join(root, f"{TEMP_PREFIX}{name}")
         pq.write_table(table, temporary, filesystem=filesystem)

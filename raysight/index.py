@@ -1,6 +1,6 @@
 """Vector index files: built offline by the index job, searched online by /search.
 
-An index is a folder: `index.faiss` (inner product over L2-normalised vectors, so scores are
+An index is a folder, local or in object storage (s3://bucket/prefix): `index.faiss` (inner product over L2-normalised vectors, so scores are
 cosine similarities), `ids.json` (row -> id or path) and `meta.json` (model, dim, kind).
 """
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from raysight.errors import ConfigError, InvalidRequest
+from raysight.paths import is_uri
 
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.json"
@@ -77,32 +78,50 @@ class VectorIndex:
         meta = {"kind": kind, "dim": dim, "count": len(ids), "model": model, "metric": "cosine"}
         return cls(index, [str(i) for i in ids], meta)
 
-    def save(self, folder: str | Path) -> Path:
+    def save(self, folder: str | Path) -> str:
+        """Write the index folder: a local path or an object-storage URI (s3://bucket/prefix)."""
         import faiss
 
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        faiss.write_index(self.index, str(folder / INDEX_FILE))
-        (folder / IDS_FILE).write_text(json.dumps(self.ids), encoding="utf-8")
-        (folder / META_FILE).write_text(json.dumps(self.meta, indent=2), encoding="utf-8")
+        from raysight import storage
+
+        folder = str(folder)
+        if not is_uri(folder):
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        storage.write_bytes(storage.join(folder, INDEX_FILE),
+                            faiss.serialize_index(self.index).tobytes())
+        storage.write_bytes(storage.join(folder, IDS_FILE), json.dumps(self.ids).encode("utf-8"))
+        storage.write_bytes(storage.join(folder, META_FILE),
+                            json.dumps(self.meta, indent=2).encode("utf-8"))
         return folder
 
     @classmethod
     def load(cls, folder: str | Path) -> "VectorIndex":
+        """Read an index folder from a local path or an object-storage URI. Its three files
+        are read as bytes, so nothing is written to local disk on the way."""
         import faiss
+        import numpy as np
 
-        folder = Path(folder)
-        missing = [n for n in (INDEX_FILE, IDS_FILE, META_FILE) if not (folder / n).is_file()]
+        from raysight import storage
+
+        folder = str(folder)
+        files: dict[str, bytes] = {}
+        for name in (INDEX_FILE, IDS_FILE, META_FILE):
+            try:
+                files[name] = storage.read_bytes(storage.join(folder, name))
+            except (FileNotFoundError, IsADirectoryError):
+                pass
+        missing = [n for n in (INDEX_FILE, IDS_FILE, META_FILE) if n not in files]
+        shown = storage.redact(folder)
         if missing:
             raise ConfigError(
-                f"{folder} is not a raysight index folder (missing {', '.join(missing)}); "
+                f"{shown} is not a raysight index folder (missing {', '.join(missing)}); "
                 "build one with `python -m batch_jobs.index`"
             )
-        index = faiss.read_index(str(folder / INDEX_FILE))
-        ids = json.loads((folder / IDS_FILE).read_text(encoding="utf-8"))
-        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+        index = faiss.deserialize_index(np.frombuffer(files[INDEX_FILE], dtype="uint8"))
+        ids = json.loads(files[IDS_FILE].decode("utf-8"))
+        meta = json.loads(files[META_FILE].decode("utf-8"))
         if index.ntotal != len(ids):
-            raise ConfigError(f"{folder}: index has {index.ntotal} rows but {len(ids)} ids")
+            raise ConfigError(f"{shown}: index has {index.ntotal} rows but {len(ids)} ids")
         return cls(index, ids, meta)
 
     def search(self, queries, k: int = 5) -> list[list[SearchHit]]:
