@@ -63,8 +63,9 @@ def named_yaml_files(folder: Path) -> dict[str, Path]:
 
 def test_sections_come_in_the_promised_order():
     headings = re.findall(r"^## (.+)$", readme(), flags=re.M)
-    assert headings[:7] == ["The two commands", "What the demo printed", "Using your own model",
-                        "Online", "Offline", "Configuration reference", "Benchmarks"]
+    assert headings[:8] == ["The two commands", "What the demo printed", "Using your own model",
+                            "Online", "Offline", "Running on a cluster",
+                            "Configuration reference", "Benchmarks"]
 
 
 def test_configuration_reference_is_the_generated_one():
@@ -151,6 +152,13 @@ def run_job_command(argv: list[str], monkeypatch) -> list:
     return configs
 
 
+def check_cluster_config(path: Path) -> None:
+    """A cluster-launcher config the README names passes Ray's own schema."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(yaml.safe_load(path.read_text(encoding="utf-8"))))
+
+
 def test_every_shell_command_runs_or_parses(readme_folder, monkeypatch, capsys):
     import raysight.cli
     import raysight.spec_arguments
@@ -163,7 +171,12 @@ def test_every_shell_command_runs_or_parses(readme_folder, monkeypatch, capsys):
         argv = shlex.split(command, comments=True)
         if argv[:2] == ["ray", "job"]:  # ray job submit ... -- python -m batch_jobs.JOB ...
             argv = argv[argv.index("--") + 1:]
-        if argv[0] == "make":
+        if argv[:2] in (["ray", "up"], ["ray", "dashboard"], ["ray", "down"]):
+            check_cluster_config(ROOT / argv[2])
+        elif argv[:3] == ["kubectl", "apply", "-f"]:
+            manifest = yaml.safe_load((ROOT / argv[3]).read_text(encoding="utf-8"))
+            assert manifest["apiVersion"] == "ray.io/v1", command
+        elif argv[0] == "make":
             assert re.search(rf"^{argv[1]}:", makefile, flags=re.M), f"no make target {argv[1]}"
         elif argv[:2] == ["raysight", "serve"]:
             config = config_from_arguments(serve_parser().parse_args(argv[2:]))
