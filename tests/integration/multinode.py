@@ -1,0 +1,285 @@
+"""A multi-node Ray cluster on this machine, driven from its own process.
+
+A pytest process is connected to one Ray at a time (the session's local Ray), so the
+multi-node cluster lives in a separate "agent" process: it starts a head node with no CPUs
+and worker nodes (separate raylets) with 1 CPU and a custom resource naming the node
+(``node_a: 1``), connects to the cluster as a driver, and answers commands sent as JSON lines
+on its stdin: add or remove a node, deploy a Serve app, count replicas, list actors. Jobs run
+as their own processes with RAY_ADDRESS set to the cluster, as a user would run them.
+
+    python -m tests.integration.multinode     (started by MultiNodeCluster, not by hand)
+
+`TallyingModelServer` is the ModelServer that the tests deploy: each replica writes where it
+runs and each request it answers into files under $RAYSIGHT_TEST_TALLY, so the test counts
+requests per replica and sees the node of each replica.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import uuid
+from pathlib import Path
+from typing import Any
+
+from serve_app.deployment import ModelServer
+
+REPO = Path(__file__).resolve().parents[2]
+TALLY_ENV = "RAYSIGHT_TEST_TALLY"
+REPLY = "@@reply "
+
+
+def node_name_of(node_id: str) -> str:
+    """The custom resource naming a node ('node_a'), or 'head'."""
+    import ray
+
+    for node in ray.nodes():
+        if node["NodeID"] == node_id:
+            names = [n for n in node["Resources"] if n.startswith("node_") and n != "node_id"]
+            return names[0] if names else "head"
+    return "unknown"
+
+
+class TallyingModelServer(ModelServer):
+    """A ModelServer that records its node and every request it answers (test only)."""
+
+    def __init__(self, spec, torch_threads=None, engine=None):
+        super().__init__(spec, torch_threads, engine)
+        import ray
+        from ray import serve
+
+        self._tally = Path(os.environ[TALLY_ENV])
+        self._replica = serve.get_replica_context().replica_id.unique_id
+        node_id = ray.get_runtime_context().get_node_id()
+        (self._tally / f"replica-{self._replica}.json").write_text(json.dumps({
+            "replica": self._replica, "node_id": node_id, "node": node_name_of(node_id),
+            "started": time.time(),
+        }))
+
+    async def embed(self, requests: list):
+        results = await super().embed(requests)
+        with open(self._tally / f"requests-{self._replica}.log", "a") as handle:
+            handle.write(f"{time.time()}\n")
+        return results
+
+
+def read_tally(folder: Path) -> dict[str, dict]:
+    """replica id -> {node, requests, started} from a tally folder."""
+    replicas = {}
+    for path in folder.glob("replica-*.json"):
+        info = json.loads(path.read_text())
+        log = folder / f"requests-{info['replica']}.log"
+        info["requests"] = len(log.read_text().split()) if log.exists() else 0
+        replicas[info["replica"]] = info
+    return replicas
+
+
+# --- the agent (runs in its own process) --------------------------------------------------
+
+
+class Agent:
+    def __init__(self, workers: list[str], http_port: int):
+        from ray.cluster_utils import Cluster
+
+        self.http_port = http_port
+        self.cluster = Cluster(
+            initialize_head=True,
+            head_node_args={
+                "num_cpus": 0, "include_dashboard": False,
+                # A dead raylet is declared dead after 3 missed 1 s health checks (Ray's
+                # defaults wait longer); the tests measure recovery, not Ray's patience.
+                "_system_config": {"health_check_period_ms": 1000,
+                                   "health_check_failure_threshold": 3},
+            },
+        )
+        self.nodes: dict[str, Any] = {}
+        for name in workers:
+            self._add(name)
+        self.cluster.wait_for_nodes()
+        import ray
+
+        ray.init(address=self.cluster.address, log_to_driver=False)
+
+    def _add(self, name: str) -> None:
+        self.nodes[name] = self.cluster.add_node(num_cpus=1, resources={name: 1})
+
+    def op_address(self) -> str:
+        return self.cluster.address
+
+    def op_nodes(self) -> list[dict]:
+        import ray
+
+        return [
+            {"node_id": n["NodeID"], "alive": n["Alive"], "node": next(
+                (r for r in n["Resources"] if r.startswith("node_") and r != "node_id"), "head")}
+            for n in ray.nodes()
+        ]
+
+    def op_add_node(self, name: str) -> float:
+        started = time.monotonic()
+        self._add(name)
+        self.cluster.wait_for_nodes()
+        return time.monotonic() - started
+
+    def op_remove_node(self, name: str) -> float:
+        """Kill a worker node: its raylet, object store and every worker process on it."""
+        killed = time.time()
+        self.cluster.remove_node(self.nodes.pop(name), allow_graceful=False)
+        return killed
+
+    def op_deploy(self, config: dict) -> str:
+        from ray import serve
+
+        from serve_app.config import ServeConfig
+        from serve_app.launch import start_serving
+
+        # One proxy on the head: every node of this cluster is on the same machine, so a
+        # proxy per node would fight over one port.
+        serve.start(proxy_location="HeadOnly",
+                    http_options={"host": "127.0.0.1", "port": self.http_port})
+        served = ServeConfig.from_mapping({"port": self.http_port, **config})
+        return start_serving(served, model_server=TallyingModelServer)
+
+    def op_replicas(self, app: str, deployment: str) -> dict:
+        from ray import serve
+
+        status = serve.status()
+        application = status.applications.get(app)
+        if application is None:
+            return {}
+        states = application.deployments[deployment].replica_states
+        return {str(getattr(state, "value", state)): count for state, count in states.items()}
+
+    def op_apps(self) -> list[str]:
+        from ray import serve
+
+        return sorted(serve.status().applications)
+
+    def op_delete_app(self, app: str) -> None:
+        from ray import serve
+
+        serve.delete(app)
+
+    def op_actors(self, repr_part: str) -> list[dict]:
+        """Every actor (alive or dead) whose repr contains `repr_part` (Ray Data's pool actors
+        are all `_MapWorker`s; their repr names the stage: 'MapWorker(MapBatches(ModelStage))'),
+        with the node it runs or ran on. Read from the GCS's actor table (no dashboard here)."""
+        from ray._private.state import state
+        from ray.core.generated import gcs_pb2
+
+        accessor = state._connect_and_get_accessor()
+        names = {n["node_id"]: n["node"] for n in self.op_nodes()}
+        found = []
+        for raw in accessor.get_actor_table(None, None):
+            actor = gcs_pb2.ActorTableData.FromString(raw)
+            if repr_part in actor.repr_name:
+                node_id = actor.address.node_id.hex()
+                found.append({
+                    "actor_id": actor.actor_id.hex(), "repr": actor.repr_name,
+                    "state": gcs_pb2.ActorTableData.ActorState.Name(actor.state),
+                    "node_id": node_id, "node": names.get(node_id, "unknown"),
+                    "restarts": actor.num_restarts,
+                })
+        return found
+
+    def close(self) -> None:
+        import ray
+
+        try:
+            from ray import serve
+
+            serve.shutdown()
+        except Exception:  # noqa: BLE001 - Serve may never have started
+            pass
+        ray.shutdown()
+        self.cluster.shutdown()
+
+
+def agent_main() -> None:
+    settings = json.loads(sys.argv[1])
+    agent = Agent(settings["workers"], settings["http_port"])
+    print(REPLY + json.dumps({"ok": True, "result": agent.cluster.address}), flush=True)
+    try:
+        for line in sys.stdin:
+            request = json.loads(line)
+            if request["op"] == "close":
+                break
+            try:
+                result = getattr(agent, "op_" + request["op"])(**request.get("args", {}))
+                reply = {"ok": True, "result": result}
+            except Exception as exc:  # noqa: BLE001 - sent back to the test, which fails
+                reply = {"ok": False, "error": f"{exc!r}\n{traceback.format_exc()}"}
+            print(REPLY + json.dumps(reply), flush=True)
+    finally:
+        agent.close()
+
+
+# --- the test side ------------------------------------------------------------------------
+
+
+class MultiNodeCluster:
+    """The test's handle on the agent process and its cluster."""
+
+    def __init__(self, workers: list[str], http_port: int, env: dict[str, str], log: Path):
+        self.log = open(log, "w")
+        self.env = env
+        self.lock = threading.Lock()
+        settings = json.dumps({"workers": workers, "http_port": http_port})
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.integration.multinode", settings], cwd=REPO, env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
+            start_new_session=True,
+        )
+        self.address = self._reply(timeout=180)
+        self.http_port = http_port
+
+    def _reply(self, timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                raise RuntimeError(f"the cluster agent exited: see {self.log.name}")
+            if line.startswith(REPLY):
+                reply = json.loads(line[len(REPLY):])
+                if not reply["ok"]:
+                    raise RuntimeError(reply["error"])
+                return reply["result"]
+        raise TimeoutError(f"no answer from the cluster agent in {timeout} s")
+
+    def call(self, op: str, timeout: float = 300, **args) -> Any:
+        with self.lock:
+            self.process.stdin.write(json.dumps({"op": op, "args": args}) + "\n")
+            self.process.stdin.flush()
+            return self._reply(timeout)
+
+    def job_env(self) -> dict[str, str]:
+        return {**self.env, "RAY_ADDRESS": self.address}
+
+    def close(self) -> None:
+        try:
+            if self.process.poll() is None:
+                self.process.stdin.write(json.dumps({"op": "close"}) + "\n")
+                self.process.stdin.flush()
+                self.process.wait(timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        finally:
+            if self.process.poll() is None:
+                os.killpg(self.process.pid, 9)
+                self.process.wait()
+            self.log.close()
+
+
+def tally_folder(root: Path) -> Path:
+    folder = root / f"tally-{uuid.uuid4().hex[:6]}"
+    folder.mkdir()
+    return folder
+
+
+if __name__ == "__main__":
+    agent_main()
