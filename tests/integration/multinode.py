@@ -40,7 +40,8 @@ def node_name_of(node_id: str) -> str:
 
     for node in ray.nodes():
         if node["NodeID"] == node_id:
-            names = [n for n in node["Resources"] if n.startswith("node_") and n != "node_id"]
+            names = [n for n in node["Resources"]
+                     if n.startswith(("node_", "gpu_")) and n != "node_id"]
             return names[0] if names else "head"
     return "unknown"
 
@@ -66,6 +67,15 @@ class TallyingModelServer(ModelServer):
         with open(self._tally / f"requests-{self._replica}.log", "a") as handle:
             handle.write(f"{time.time()}\n")
         return results
+
+
+class Probe:
+    """An actor that only says which node it runs on (for placement checks)."""
+
+    def node(self) -> str:
+        import ray
+
+        return node_name_of(ray.get_runtime_context().get_node_id())
 
 
 def read_tally(folder: Path) -> dict[str, dict]:
@@ -115,8 +125,9 @@ class Agent:
         import ray
 
         return [
-            {"node_id": n["NodeID"], "alive": n["Alive"], "node": next(
-                (r for r in n["Resources"] if r.startswith("node_") and r != "node_id"), "head")}
+            {"node_id": n["NodeID"], "alive": n["Alive"], "resources": n["Resources"],
+             "node": next((r for r in n["Resources"]
+                           if r.startswith(("node_", "gpu_")) and r != "node_id"), "head")}
             for n in ray.nodes()
         ]
 
@@ -125,6 +136,34 @@ class Agent:
         self._add(name)
         self.cluster.wait_for_nodes()
         return time.monotonic() - started
+
+    def op_add_gpu_node(self, name: str, gpus: int) -> None:
+        """A node advertising `gpus` GPUs. Ray schedules by the count a node advertises, so
+        its placement decisions are real even though this machine has no GPU."""
+        self.nodes[name] = self.cluster.add_node(num_cpus=gpus, num_gpus=gpus,
+                                                 resources={name: 1})
+        self.cluster.wait_for_nodes()
+
+    def op_place_probes(self, count: int, num_gpus: float, resources: dict | None = None,
+                        settle_s: float = 15.0) -> list[str | None]:
+        """Start `count` actors of `num_gpus` each; return each one's node name, or None for
+        those Ray could not place (waited for until no more start for `settle_s`). All are
+        killed before returning."""
+        import ray
+
+        probe = ray.remote(num_cpus=0, num_gpus=num_gpus, resources=resources or {})(Probe)
+        actors = [probe.remote() for _ in range(count)]
+        refs = [actor.node.remote() for actor in actors]
+        ready: list = []
+        last_change = time.monotonic()
+        while time.monotonic() - last_change < settle_s and len(ready) < count:
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=1.0)
+            if len(ready) != getattr(self, "_ready", -1):
+                self._ready, last_change = len(ready), time.monotonic()
+        placed = [ray.get(ref) if ref in ready else None for ref in refs]
+        for actor in actors:
+            ray.kill(actor)
+        return placed
 
     def op_remove_node(self, name: str) -> float:
         """Kill a worker node: its raylet, object store and every worker process on it."""

@@ -5,7 +5,8 @@ One cluster serves the whole module, driven by an agent process (tests/integrati
 so this pytest process stays free for the session's own Ray. In order: two replicas on two
 nodes under load, a node killed under load, autoscaling up and down, `raysight serve` joining
 the cluster and leaving it up, then jobs: an embed job across nodes equal to a single-node run,
-and a node killed in the middle of a job (every row exactly once).
+and a node killed in the middle of a job (every row exactly once); last, Ray's scheduler
+places GPU actors on nodes advertising GPUs where `raysight.placement` says it will.
 
 Each test records its figures (node of each replica and actor, requests per replica, seconds
 to scale, to recover, rows lost and duplicated) in FIGURES; they are printed at the end and,
@@ -345,3 +346,41 @@ def test_a_node_killed_mid_job_loses_and_duplicates_no_row(cluster, tmp_path):
         "seconds_after_kill_to_finish": round(time.time() - killed, 1),
     }
     assert (lost, duplicated) == (0, 0)
+
+
+# --- GPU placement: the pure functions agree with Ray's scheduler -----------------------------
+
+
+def test_rays_scheduler_places_gpu_actors_where_the_placement_functions_say(cluster):
+    from collections import Counter
+
+    from raysight.placement import ActorShape, ClusterNode, max_actors, place_actors
+
+    # Two nodes advertising 2 and 1 GPUs (Ray schedules by what a node advertises).
+    cluster.call("add_gpu_node", name="gpu_x", gpus=2)
+    cluster.call("add_gpu_node", name="gpu_y", gpus=1)
+    try:
+        nodes = [ClusterNode(n["node"], cpus=n["resources"].get("CPU", 0),
+                             gpus=n["resources"].get("GPU", 0))
+                 for n in cluster.call("nodes") if n["alive"]]
+        whole = ActorShape(num_cpus=0, num_gpus=1)
+        fits = max_actors(nodes, whole)
+        predicted = Counter(place_actors(nodes, whole, fits))
+        placed = cluster.call("place_probes", count=fits + 1, num_gpus=1)
+        assert fits == 3 and placed.count(None) == 1  # the one past the GPUs waits
+        assert Counter(p for p in placed if p) == predicted == Counter({"gpu_x": 2, "gpu_y": 1})
+        # Half a GPU each: two share gpu_y's one GPU, a third waits.
+        half = ActorShape(num_cpus=0, num_gpus=0.5, resources={"gpu_y": 0.01})
+        on_y = [ClusterNode(n.name, n.cpus, n.gpus, {"gpu_y": 1}) for n in nodes
+                if n.name == "gpu_y"]
+        placed_half = cluster.call("place_probes", count=3, num_gpus=0.5,
+                                   resources={"gpu_y": 0.01})
+        assert max_actors(on_y, half) == 2 == sum(p == "gpu_y" for p in placed_half)
+        assert placed_half.count(None) == 1
+        FIGURES["gpu placement (Ray's scheduler vs place_actors)"] = {
+            "1-GPU actors": dict(Counter(p or "waiting" for p in placed)),
+            "0.5-GPU actors on a 1-GPU node": dict(Counter(p or "waiting" for p in placed_half)),
+        }
+    finally:
+        cluster.call("remove_node", name="gpu_x")
+        cluster.call("remove_node", name="gpu_y")

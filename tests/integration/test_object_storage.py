@@ -183,15 +183,18 @@ def test_a_table_on_s3_with_image_paths_on_s3_is_classified(s3, images_on_s3, cl
 def test_an_index_built_into_s3_is_loaded_from_s3_by_search(s3):
     from fastapi.testclient import TestClient
 
-    from batch_jobs.index import build_index
     from raysight.spec import ModelSpec
     from serve_app.config import IndexConfig, ServeConfig
     from serve_app.deployment import ModelServer
     from serve_app.gateway import Gateway, LocalClient
     from serve_app.routes import build_http_api
 
-    summary = build_index(f"s3://{BUCKET}/embed-out", f"s3://{BUCKET}/index/shapes")
-    assert summary.rows == 35
+    done = subprocess.run(
+        [sys.executable, "-m", "batch_jobs.index", "--input", f"s3://{BUCKET}/embed-out",
+         "--output", f"s3://{BUCKET}/index/shapes"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "index: 35 vectors" in done.stdout  # 36 rows, one corrupt image without a vector
     assert keys_under(s3, "index/shapes/") == [
         "index/shapes/ids.json", "index/shapes/index.faiss", "index/shapes/meta.json"]
     spec = ModelSpec(model="builtin:shapes-clip")
