@@ -172,17 +172,26 @@ class Agent:
         return killed
 
     def op_deploy(self, config: dict) -> str:
+        """Deploy raysight's app (ingress + models, as `build_app` does) with the models'
+        deployments running TallyingModelServer; return the app's base URL."""
         from ray import serve
 
+        from serve_app.app import LOGGING_CONFIG, ingress_deployment, model_deployment
         from serve_app.config import ServeConfig
-        from serve_app.launch import start_serving
 
         # One proxy on the head: every node of this cluster is on the same machine, so a
         # proxy per node would fight over one port.
         serve.start(proxy_location="HeadOnly",
                     http_options={"host": "127.0.0.1", "port": self.http_port})
         served = ServeConfig.from_mapping({"port": self.http_port, **config})
-        return start_serving(served, model_server=TallyingModelServer)
+        handles = {
+            model.name: model_deployment(model).options(func_or_class=TallyingModelServer)
+            .bind(model.spec, model.deployment.torch_threads)
+            for model in served.models
+        }
+        serve.run(ingress_deployment(served).bind(served, handles), name=served.app_name,
+                  route_prefix=served.route_prefix, logging_config=LOGGING_CONFIG)
+        return f"http://127.0.0.1:{self.http_port}{served.route_prefix.rstrip('/')}"
 
     def op_replicas(self, app: str, deployment: str) -> dict:
         from ray import serve
