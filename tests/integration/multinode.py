@@ -250,8 +250,16 @@ class Agent:
 
 def agent_main() -> None:
     settings = json.loads(sys.argv[1])
+    # Replies go down a pipe of their own: Ray prints to stdout too (a raylet's death notice
+    # can land in the middle of a line).
+    replies = os.fdopen(settings["reply_fd"], "w")
+
+    def reply(message: dict) -> None:
+        replies.write(REPLY + json.dumps(message) + "\n")
+        replies.flush()
+
     agent = Agent(settings["workers"], settings["http_port"])
-    print(REPLY + json.dumps({"ok": True, "result": agent.cluster.address}), flush=True)
+    reply({"ok": True, "result": agent.cluster.address})
     try:
         for line in sys.stdin:
             request = json.loads(line)
@@ -259,10 +267,10 @@ def agent_main() -> None:
                 break
             try:
                 result = getattr(agent, "op_" + request["op"])(**request.get("args", {}))
-                reply = {"ok": True, "result": result}
+                answer = {"ok": True, "result": result}
             except Exception as exc:  # noqa: BLE001 - sent back to the test, which fails
-                reply = {"ok": False, "error": f"{exc!r}\n{traceback.format_exc()}"}
-            print(REPLY + json.dumps(reply), flush=True)
+                answer = {"ok": False, "error": f"{exc!r}\n{traceback.format_exc()}"}
+            reply(answer)
     finally:
         agent.close()
 
@@ -277,19 +285,22 @@ class MultiNodeCluster:
         self.log = open(log, "w")
         self.env = env
         self.lock = threading.Lock()
-        settings = json.dumps({"workers": workers, "http_port": http_port})
+        read_end, write_end = os.pipe()
+        settings = json.dumps({"workers": workers, "http_port": http_port, "reply_fd": write_end})
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.integration.multinode", settings], cwd=REPO, env=env,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-            start_new_session=True,
+            stdin=subprocess.PIPE, stdout=self.log, stderr=self.log, text=True,
+            start_new_session=True, pass_fds=(write_end,),
         )
+        os.close(write_end)
+        self.replies = os.fdopen(read_end, "r")
         self.address = self._reply(timeout=180)
         self.http_port = http_port
 
     def _reply(self, timeout: float) -> Any:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
+            line = self.replies.readline()
             if not line:
                 raise RuntimeError(f"the cluster agent exited: see {self.log.name}")
             if line.startswith(REPLY):
@@ -321,6 +332,7 @@ class MultiNodeCluster:
                 os.killpg(self.process.pid, 9)
                 self.process.wait()
             self.log.close()
+            self.replies.close()
 
 
 def tally_folder(root: Path) -> Path:
