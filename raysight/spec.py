@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from raysight.errors import ConfigError
 from raysight.paths import absolute_if_exists
-from raysight.sampling import NewTokens, Temperature, TopP
+from raysight.sampling import GREEDY_BELOW, NewTokens, Temperature, TopP
 
 Task = Literal["generate", "embed"]
 # raysight.families.FAMILY_NAMES, repeated here so a spec is checked without transformers.
@@ -84,7 +84,9 @@ class GenerationDefaults(_Frozen):
         1024, description="Largest max_new_tokens a request may ask for."
     )
     temperature: Temperature = Field(
-        0.0, description="0 means greedy decoding; at most 2, as a request may ask."
+        0.0,
+        description=f"0 means greedy decoding, as does any temperature below {GREEDY_BELOW:g}; "
+        "at most 2, as a request may ask.",
     )
     top_p: TopP = Field(1.0, description="Nucleus sampling mass, in (0, 1].")
 

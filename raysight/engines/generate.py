@@ -146,7 +146,8 @@ class GenerateEngine(Engine):
             inputs=inputs,
             max_new_tokens=sampling.max_new_tokens,
             min_new_tokens=sampling.min_new_tokens,
-            temperature=sampling.temperature,
+            # Below GREEDY_BELOW a temperature decodes greedily (its logits would overflow).
+            temperature=0.0 if sampling.greedy else sampling.temperature,
             top_p=sampling.top_p,
             on_text=request.on_text,
             group=group,

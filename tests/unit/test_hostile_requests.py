@@ -98,3 +98,18 @@ def test_deeply_nested_bodies_are_refused_and_the_server_goes_on(http, image):
     shallow = http.post("/classify", content='{"labels": ' + "[" * 63 + "]" * 63 + "}")
     assert shallow.status_code == 400 and "labels" in message(shallow)
     assert "levels deep" not in message(shallow)
+
+
+# --- 4. extreme but valid sampling ----------------------------------------------------------------
+
+
+def test_tiny_temperatures_decode_greedily_and_a_tiny_top_p_samples(http, image):
+    def answer(**options):
+        response = post(http, "/v1/chat/completions", chat(image, **options))
+        assert response.status_code == 200, (options, response.text)
+        return response.json()["choices"][0]["message"]["content"]
+
+    greedy = answer(temperature=0)
+    assert answer(temperature=1e-40) == greedy
+    assert answer(temperature=1e-30) == greedy
+    assert answer(temperature=1.0, top_p=1e-30) == greedy  # only the top token is left
