@@ -134,6 +134,12 @@ class ModelSpec(_Frozen):
     max_text_tokens: int = Field(
         4096, gt=0, description="Longest prompt accepted, in tokens after the chat template."
     )
+    max_labels_per_request: int = Field(
+        256,
+        gt=0,
+        description="Most labels one zero-shot classification (a /classify request, a "
+        "classify row) may carry; each label not in the label cache is one text forward.",
+    )
     generation: GenerationDefaults = Field(
         default_factory=GenerationDefaults, description="Sampling defaults (generate task)."
     )

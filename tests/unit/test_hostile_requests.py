@@ -77,6 +77,84 @@ def chat(image: str, *parts: dict, **options) -> dict:
         {"type": "image_url", "image_url": {"url": "data:image/png;base64," + image}}, *parts]}]}
 
 
+# --- 1. /classify: a bad label fails alone; labels capped per request ----------------------------
+
+
+def test_a_bad_label_fails_its_own_request_and_not_its_batchmates(http, image):
+    good = {"model": "shapes-clip", "image": image, "labels": LABELS}
+    bad = {"model": "shapes-clip", "image": image, "labels": ["a red " + SURROGATE, "a blue square"]}
+    bodies = [good] * 12 + [bad] + [good] * 12
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        answers = list(pool.map(lambda body: post(http, "/classify", body), bodies))
+    statuses = [answer.status_code for answer in answers]
+    assert statuses == [200] * 12 + [400] + [200] * 12
+    assert message(answers[12]).startswith("labels[0] contains a lone surrogate (\\ud800)")
+    # The good ones did share forwards: the burst was batched, as the bad one would have been.
+    assert max(int(answer.headers["X-Raysight-Batch-Size"]) for answer in answers[:12]) > 1
+    assert {answer.json()["label"] for answer in answers if answer.status_code == 200} <= set(LABELS)
+
+
+def test_labels_over_the_cap_are_refused_and_a_raised_cap_classifies_them_all(http, image):
+    labels = [f"shape number {n}" for n in range(5000)]
+    refused = post(http, "/classify", {"model": "shapes-clip", "image": image, "labels": labels})
+    assert refused.status_code == 400
+    assert message(refused) == ("5000 labels in one request; the limit is 256 "
+                                "(max_labels_per_request); split the labels over several requests")
+    # 5,000 distinct labels are more than the label cache holds (4,096): none may be lost.
+    spec = ModelSpec(model="builtin:shapes-clip", max_labels_per_request=5000)
+    with _client([spec], max_body_bytes=1_000_000) as roomy:
+        answer = post(roomy, "/classify", {"image": image, "labels": labels})
+    assert answer.status_code == 200, answer.text
+    scores = answer.json()["scores"]
+    assert sorted(score["label"] for score in scores) == sorted(labels)
+    assert sum(score["score"] for score in scores) == pytest.approx(1.0, abs=1e-3)
+
+
+# --- 2. text that cannot be encoded: a 400 naming the field ------------------------------------
+
+
+def test_lone_surrogates_are_refused_by_field(http, image):
+    cases = [
+        ("/v1/chat/completions", chat(image, {"type": "text", "text": "hi " + SURROGATE}),
+         "messages[0].content[1].text contains a lone surrogate (\\ud800) at character 3"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x" + SURROGATE}]},
+         "messages[0].content contains a lone surrogate"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "http://example.com/" + SURROGATE}}]}]},
+         "messages[0].content[0].image_url.url contains a lone surrogate"),
+        ("/predict", {"prompt": "what " + SURROGATE, "image": image},
+         "prompt contains a lone surrogate"),
+        ("/predict", {"prompt": "what", "image": "http://x/" + SURROGATE},
+         "image contains a lone surrogate"),
+        ("/v1/embeddings", {"model": "shapes-clip", "input": ["fine", "a " + SURROGATE]},
+         "input 1: text contains a lone surrogate"),
+        ("/v1/embeddings", {"model": "shapes-clip", "modality": "image",
+                            "input": [image + SURROGATE]},
+         "input 0: image contains a lone surrogate"),
+        ("/classify", {"model": "shapes-clip", "image": image,
+                       "labels": ["a blue square", "b " + SURROGATE]},
+         "labels[1] contains a lone surrogate"),
+        ("/classify", {"model": "shapes-clip", "image": SURROGATE, "labels": LABELS},
+         "image contains a lone surrogate"),
+        ("/search", {"text": "a red " + SURROGATE}, "text contains a lone surrogate"),
+    ]
+    for path, body, expected in cases:
+        answer = post(http, path, body)
+        assert answer.status_code == 400, (path, answer.text)
+        assert answer.headers["content-type"] == "application/json"
+        assert expected in message(answer), (path, message(answer))
+
+
+def test_nul_characters_are_ordinary_text(http, image):
+    # A NUL encodes as UTF-8 and every tokenizer takes it: not refused.
+    answer = post(http, "/classify", {"model": "shapes-clip", "image": image,
+                                      "labels": ["a \u0000", "a blue square"]})
+    assert answer.status_code == 200
+    assert {score["label"] for score in answer.json()["scores"]} == {"a \u0000", "a blue square"}
+    answer = post(http, "/v1/chat/completions", chat(image, {"type": "text", "text": "a\u0000"}))
+    assert answer.status_code == 200
+
+
 # --- 3. deeply nested JSON ------------------------------------------------------------------------
 
 
