@@ -25,6 +25,22 @@ def count_images(messages: list[dict]) -> int:
     return total
 
 
+def text_chars(messages: list[dict]) -> int:
+    """How many characters of text a list of messages carries (before any tokenizing)."""
+    total = 0
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            total += len(content)
+        elif isinstance(content, list):
+            total += sum(
+                len(part["text"])
+                for part in content
+                if isinstance(part, dict) and isinstance(part.get("text"), str)
+            )
+    return total
+
+
 def _image_source(part: dict, index: int, field: str) -> Any:
     if part["type"] == "image":
         if "image" not in part:

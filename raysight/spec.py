@@ -91,6 +91,11 @@ class GenerationDefaults(_Frozen):
     top_p: TopP = Field(1.0, description="Nucleus sampling mass, in (0, 1].")
 
 
+# A generous bound on the characters one token covers: a prompt longer than max_text_tokens
+# times this cannot fit, and is refused without tokenizing (which costs seconds at millions).
+PROMPT_CHARS_PER_TOKEN = 32
+
+
 class ModelSpec(_Frozen):
     """One model: where it comes from, what it does, how it runs, what input it accepts."""
 
@@ -132,7 +137,11 @@ class ModelSpec(_Frozen):
         description="Online: how long a batch waits for more requests once the model is free.",
     )
     max_text_tokens: int = Field(
-        4096, gt=0, description="Longest prompt accepted, in tokens after the chat template."
+        4096,
+        gt=0,
+        description="Longest prompt accepted, in tokens after the chat template. A prompt of "
+        f"more than {PROMPT_CHARS_PER_TOKEN} characters per such token is refused before it "
+        "is tokenized.",
     )
     max_labels_per_request: int = Field(
         256,

@@ -191,3 +191,26 @@ def test_tiny_temperatures_decode_greedily_and_a_tiny_top_p_samples(http, image)
     assert answer(temperature=1e-40) == greedy
     assert answer(temperature=1e-30) == greedy
     assert answer(temperature=1.0, top_p=1e-30) == greedy  # only the top token is left
+
+
+# --- 5. an over-long prompt is refused before it is tokenized -------------------------------------
+
+
+def test_a_two_million_character_prompt_is_refused_unread(http, image, monkeypatch):
+    from raysight.families.blip import BlipFamily
+
+    built = []
+    original = BlipFamily.build_inputs
+    monkeypatch.setattr(BlipFamily, "build_inputs",
+                        lambda self, *args: built.append(1) or original(self, *args))
+    started = time.perf_counter()
+    refused = post(http, "/predict", {"prompt": "what " * 400_000, "image": image})
+    took = time.perf_counter() - started
+    assert refused.status_code == 400
+    assert message(refused) == (
+        "the prompt is 2,000,000 characters long; this model accepts at most 4096 tokens "
+        "(max_text_tokens), so prompts over 131,072 characters (32 per token) are refused unread")
+    assert built == []  # never tokenized
+    print(f"2,000,000-character prompt refused in {took:.3f} s")
+    assert post(http, "/predict", {"prompt": "what color?", "image": image}).status_code == 200
+    assert built == [1]
