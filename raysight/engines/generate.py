@@ -120,7 +120,9 @@ class GenerateEngine(Engine):
         )
         # Bounds checked by counting, before the prompt is tokenized or any image decoded.
         self._check_prompt_chars(request.messages)
-        check_image_count(count_images(request.messages), spec.images)
+        images_given = count_images(request.messages)
+        check_image_count(images_given, spec.images)
+        self.family.check_image_count(images_given)
         messages, images = split_messages(
             request.messages, lambda source: load_image(source, spec.images)
         )

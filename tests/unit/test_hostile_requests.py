@@ -214,3 +214,27 @@ def test_a_two_million_character_prompt_is_refused_unread(http, image, monkeypat
     print(f"2,000,000-character prompt refused in {took:.3f} s")
     assert post(http, "/predict", {"prompt": "what color?", "image": image}).status_code == 200
     assert built == [1]
+
+
+# --- 6. images counted before any is decoded ------------------------------------------------------
+
+
+def test_blip_refuses_four_images_before_decoding_any(http, monkeypatch):
+    import raysight.images
+    from PIL import Image
+
+    decoded = []
+    original = raysight.images.decode_image_bytes
+    monkeypatch.setattr(raysight.images, "decode_image_bytes",
+                        lambda data, policy: decoded.append(1) or original(data, policy))
+    big = base64.b64encode(png_bytes(Image.new("RGB", (2000, 2000), "red"))).decode()
+    parts = [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + big}}] * 4
+    refused = post(http, "/v1/chat/completions",
+                   {"model": "shapes-vlm", "messages": [{"role": "user", "content": parts}]})
+    assert refused.status_code == 400
+    assert message(refused) == "this request has 4 images; blip models take at most 1 per request"
+    assert refused.json()["error"]["code"] == "invalid_image"
+    assert decoded == []
+    one = post(http, "/v1/chat/completions",
+               {"model": "shapes-vlm", "messages": [{"role": "user", "content": parts[:1]}]})
+    assert one.status_code == 200 and decoded == [1]
