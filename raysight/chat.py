@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from raysight.errors import InvalidRequest
+from raysight.text import check_encodable
 
 ROLES = ("system", "user", "assistant")
 
@@ -24,18 +25,39 @@ def count_images(messages: list[dict]) -> int:
     return total
 
 
-def _image_source(part: dict, index: int) -> Any:
+def text_chars(messages: list[dict]) -> int:
+    """How many characters of text a list of messages carries (before any tokenizing)."""
+    total = 0
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            total += len(content)
+        elif isinstance(content, list):
+            total += sum(
+                len(part["text"])
+                for part in content
+                if isinstance(part, dict) and isinstance(part.get("text"), str)
+            )
+    return total
+
+
+def _image_source(part: dict, index: int, field: str) -> Any:
     if part["type"] == "image":
         if "image" not in part:
             raise InvalidRequest(f"content part {index}: an 'image' part needs an 'image' field")
-        return part["image"]
+        source = part["image"]
+        if isinstance(source, str):
+            check_encodable(source, f"{field}.image")
+        return source
     image_url = part.get("image_url")
+    where = f"{field}.image_url"
     if isinstance(image_url, dict):
-        image_url = image_url.get("url")
+        image_url, where = image_url.get("url"), f"{where}.url"
     if not isinstance(image_url, str) or not image_url:
         raise InvalidRequest(
             f"content part {index}: 'image_url' must be {{\"url\": \"data:image/png;base64,...\"}}"
         )
+    check_encodable(image_url, where)
     return image_url
 
 
@@ -61,6 +83,7 @@ def split_messages(
             )
         content = message.get("content")
         if isinstance(content, str):
+            check_encodable(content, f"messages[{position}].content")
             template.append({"role": role, "content": [{"type": "text", "text": content}]})
             continue
         if not isinstance(content, list):
@@ -73,13 +96,15 @@ def split_messages(
             if kind == "text":
                 if not isinstance(part.get("text"), str):
                     raise InvalidRequest(f"message {position}, part {index}: 'text' must be a string")
+                check_encodable(part["text"], f"messages[{position}].content[{index}].text")
                 parts.append({"type": "text", "text": part["text"]})
             elif kind in ("image_url", "image"):
                 if role != "user":
                     raise InvalidRequest(
                         f"message {position}: images are only accepted in user messages"
                     )
-                images.append(load_image(_image_source(part, index)))
+                source = _image_source(part, index, f"messages[{position}].content[{index}]")
+                images.append(load_image(source))
                 parts.append({"type": "image"})
             else:
                 raise InvalidRequest(
@@ -95,6 +120,11 @@ def split_messages(
 def prompt_messages(prompt: str | None, image: Any | None) -> list[dict]:
     """The chat for a plain (image, prompt) pair: one user turn, image first."""
     content: list[dict] = []
+    # Named as the caller sent them (/predict's fields), not as the chat built from them.
+    if isinstance(prompt, str):
+        check_encodable(prompt, "prompt")
+    if isinstance(image, str):
+        check_encodable(image, "image")
     if image is not None:
         content.append({"type": "image", "image": image})
     if prompt:

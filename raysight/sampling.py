@@ -2,7 +2,8 @@
 
 The HTTP API's request bodies, the ModelSpec's generation defaults and the generate engine
 all take their ranges from here, so a value one accepts the others accept too:
-temperature in [0, 2] (0 is greedy decoding), top_p in (0, 1], token counts positive.
+temperature in [0, 2] (0 is greedy decoding, and so is anything below GREEDY_BELOW), top_p in
+(0, 1], token counts positive.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ if TYPE_CHECKING:
     from raysight.spec import GenerationDefaults
 
 MAX_TEMPERATURE = 2.0  # OpenAI's bound; hotter than this is noise
+# Colder than this decodes greedily: such sampling picks the top token anyway, and dividing
+# the logits by a temperature near 1e-40 overflows them to inf (a NaN probability tensor).
+GREEDY_BELOW = 1e-5
 
 Temperature = Annotated[float, Field(ge=0.0, le=MAX_TEMPERATURE)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
@@ -41,7 +45,7 @@ class Sampling(BaseModel):
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_BELOW
 
 
 def resolve_sampling(

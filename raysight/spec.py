@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from raysight.errors import ConfigError
 from raysight.paths import absolute_if_exists
-from raysight.sampling import NewTokens, Temperature, TopP
+from raysight.sampling import GREEDY_BELOW, NewTokens, Temperature, TopP
 
 Task = Literal["generate", "embed"]
 # raysight.families.FAMILY_NAMES, repeated here so a spec is checked without transformers.
@@ -84,9 +84,16 @@ class GenerationDefaults(_Frozen):
         1024, description="Largest max_new_tokens a request may ask for."
     )
     temperature: Temperature = Field(
-        0.0, description="0 means greedy decoding; at most 2, as a request may ask."
+        0.0,
+        description=f"0 means greedy decoding, as does any temperature below {GREEDY_BELOW:g}; "
+        "at most 2, as a request may ask.",
     )
     top_p: TopP = Field(1.0, description="Nucleus sampling mass, in (0, 1].")
+
+
+# A generous bound on the characters one token covers: a prompt longer than max_text_tokens
+# times this cannot fit, and is refused without tokenizing (which costs seconds at millions).
+PROMPT_CHARS_PER_TOKEN = 32
 
 
 class ModelSpec(_Frozen):
@@ -130,7 +137,17 @@ class ModelSpec(_Frozen):
         description="Online: how long a batch waits for more requests once the model is free.",
     )
     max_text_tokens: int = Field(
-        4096, gt=0, description="Longest prompt accepted, in tokens after the chat template."
+        4096,
+        gt=0,
+        description="Longest prompt accepted, in tokens after the chat template. A prompt of "
+        f"more than {PROMPT_CHARS_PER_TOKEN} characters per such token is refused before it "
+        "is tokenized.",
+    )
+    max_labels_per_request: int = Field(
+        256,
+        gt=0,
+        description="Most labels one zero-shot classification (a /classify request, a "
+        "classify row) may carry; each label not in the label cache is one text forward.",
     )
     generation: GenerationDefaults = Field(
         default_factory=GenerationDefaults, description="Sampling defaults (generate task)."

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSche
 from raysight.engines.embed import EmbedRequest
 from raysight.engines.generate import GenerateRequest, GenerateResult
 from raysight.errors import InvalidRequest
-from raysight.sampling import NewTokens, Temperature, TopP
+from raysight.sampling import GREEDY_BELOW, NewTokens, Temperature, TopP
 
 # The JSON schema format of an image reference: base64, a data: URL, or an http(s) URL where
 # the model allows URLs. Schema-driven testers are told how to draw valid ones (tests/).
@@ -118,7 +118,8 @@ class ChatCompletionRequest(_Body):
                                          "generation.max_new_tokens if unset).")
     max_completion_tokens: NewTokens | None = Field(None, description="Same as max_tokens; "
                                                     "wins when both are given.")
-    temperature: Temperature | None = Field(None, description="0 is greedy decoding.")
+    temperature: Temperature | None = Field(None, description="0 is greedy decoding, as is "
+                                            f"any temperature below {GREEDY_BELOW:g}.")
     top_p: TopP | None = None
     stream: bool = Field(False, description="Answer with server-sent events, one "
                          "chat.completion.chunk per token, ending with 'data: [DONE]'.")

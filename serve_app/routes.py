@@ -48,6 +48,9 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz"}) | PAGE_PATHS
 ROUTES = frozenset({"/v1/chat/completions", "/v1/embeddings", "/v1/models", "/predict",
                     "/classify", "/search"}) | OPEN_PATHS | DATA_PATHS
 BATCH_SIZE_HEADER = "X-Raysight-Batch-Size"
+# The deepest nesting of JSON arrays and objects a body may have. Every request shape is 6
+# deep at most; a far deeper one only exhausts the parser's (or pickle's) recursion.
+MAX_JSON_DEPTH = 64
 
 
 class RouteRefused(RaysightError):
@@ -152,10 +155,35 @@ async def read_json(request: Request) -> Any:
     body = await request.body()
     if not body:
         raise InvalidRequest("the request body is empty; send a JSON object")
+    too_deep = InvalidRequest(
+        f"the request body nests JSON arrays and objects more than {MAX_JSON_DEPTH} levels "
+        f"deep; the limit is {MAX_JSON_DEPTH}"
+    )
     try:
-        return json.loads(body)
+        data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:  # thousands of levels: the parser gave up first
+        raise too_deep from None
+    # Counting brackets is a C-speed pass; only a body with enough of them can be too deep.
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and not _within_depth(data):
+        raise too_deep
+    return data
+
+
+def _within_depth(data: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether `data` nests lists and dicts at most `limit` deep; walked without recursion,
+    stopping at the first container past the limit."""
+    stack = [(data, 1)] if isinstance(data, (list, dict)) else []
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, (list, dict)):
+                if depth + 1 > limit:
+                    return False
+                stack.append((child, depth + 1))
+    return True
 
 
 def reply(result: Reply) -> JSONResponse:

@@ -4,13 +4,14 @@ classification (image + labels -> probabilities). Vectors are L2-normalised."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from raysight.caching import (EngineCaches, cached_batch, image_key, install_preprocess_cache,
                               known_image_keys)
 from raysight.engines.base import Engine
 from raysight.errors import InvalidRequest, RaysightError
+from raysight.text import check_encodable
 
 _LABEL_CACHE_SIZE = 4096
 
@@ -37,6 +38,8 @@ class PreparedEmbed:
     labels: tuple[str, ...] = ()
     tokens: int = 0
     image_key: str | None = None  # the image's content key, when a cache needs it
+    # Classify: the token tensors of the labels the label cache did not hold at preprocess.
+    label_tensors: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -78,20 +81,42 @@ class EmbedEngine(Engine):
         has_image, has_text = request.image is not None, request.text is not None
         if has_image == has_text:
             raise InvalidRequest("give exactly one of an image or a text to embed")
+        if isinstance(request.image, str):
+            check_encodable(request.image, "image")
         if request.kind == "classify":
             labels = tuple(request.labels or ())
             if not has_image or not labels:
                 raise InvalidRequest("classification needs an image and a non-empty list of labels")
-            if not all(isinstance(label, str) and label.strip() for label in labels):
-                raise InvalidRequest("every label must be a non-empty string")
+            self._check_labels(labels)
             image = load_image(request.image, self.spec.images)
-            return self._prepared_image("classify", image, labels)
+            prepared = self._prepared_image("classify", image, labels)
+            # Tokenized here, per request: a label the tokenizer refuses fails this request
+            # alone, never the batch it would have joined.
+            prepared.label_tensors = {
+                label: self._text_tensors([label])
+                for label in dict.fromkeys(labels)
+                if label not in self._label_vectors
+            }
+            return prepared
         if has_image:
             return self._prepared_image("image", load_image(request.image, self.spec.images))
         if not isinstance(request.text, str) or not request.text.strip():
             raise InvalidRequest("the text to embed must be a non-empty string")
+        check_encodable(request.text, "text")
         tensors = self._text_tensors([request.text])
         return PreparedEmbed("text", tensors, tokens=int(tensors["attention_mask"].sum()))
+
+    def _check_labels(self, labels: tuple) -> None:
+        limit = self.spec.max_labels_per_request
+        if len(labels) > limit:
+            raise InvalidRequest(
+                f"{len(labels)} labels in one request; the limit is {limit} "
+                "(max_labels_per_request); split the labels over several requests"
+            )
+        for position, label in enumerate(labels):
+            if not isinstance(label, str) or not label.strip():
+                raise InvalidRequest(f"labels[{position}] must be a non-empty string")
+            check_encodable(label, f"labels[{position}]")
 
     def _prepared_image(self, kind: str, image, labels: tuple[str, ...] = ()) -> PreparedEmbed:
         # Hashed once here; the preprocess cache reuses the key instead of hashing again.
@@ -121,7 +146,7 @@ class EmbedEngine(Engine):
                 if item.kind == "image":
                     results[row] = Embedding(vector)
                 else:
-                    results[row] = self._classify(vector, item.labels)
+                    results[row] = self._classify(vector, item)
         return results
 
     def _image_vectors(self, items: list[PreparedEmbed]) -> list[Any]:
@@ -176,17 +201,26 @@ class EmbedEngine(Engine):
         size = self.spec.max_batch_size
         return [items[start : start + size] for start in range(0, len(items), size)]
 
-    def _classify(self, image_vector, labels: tuple[str, ...]) -> Classification:
+    def _classify(self, image_vector, item: PreparedEmbed) -> Classification:
         import torch
 
-        missing = [label for label in dict.fromkeys(labels) if label not in self._label_vectors]
+        labels = item.labels
+        # This request's vectors are held here, apart from the cache, so that evicting
+        # (a request with more labels than the cache holds) never loses one before use.
+        vectors = {label: self._label_vectors[label]
+                   for label in dict.fromkeys(labels) if label in self._label_vectors}
+        missing = [label for label in dict.fromkeys(labels) if label not in vectors]
         if missing:
-            vectors = self._text_vectors([self._text_tensors([label]) for label in missing])
-            for label, vector in zip(missing, vectors):
+            # Tokenized in preprocess, unless the cache held a label then and evicted it since.
+            tensors = [item.label_tensors.get(label) for label in missing]
+            tensors = [found if found is not None else self._text_tensors([label])
+                       for found, label in zip(tensors, missing)]
+            for label, vector in zip(missing, self._text_vectors(tensors)):
+                vectors[label] = vector
                 self._label_vectors[label] = vector
                 if len(self._label_vectors) > _LABEL_CACHE_SIZE:
                     self._label_vectors.popitem(last=False)
-        label_matrix = torch.stack([self._label_vectors[label] for label in labels])
+        label_matrix = torch.stack([vectors[label] for label in labels])
         similarities = image_vector.unsqueeze(0) @ label_matrix.T
         probs = self.family.label_probabilities(self.model, similarities.to(self.model.logit_scale.dtype))
         return Classification(list(labels), probs[0].float().tolist())

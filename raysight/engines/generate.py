@@ -14,11 +14,12 @@ from typing import Any, Callable, Hashable
 
 from raysight.caching import (EngineCaches, digest, image_key, install_preprocess_cache,
                               known_image_keys)
-from raysight.chat import count_images, prompt_messages, split_messages
+from raysight.chat import count_images, prompt_messages, split_messages, text_chars
 from raysight.engines.base import Engine
 from raysight.errors import InvalidRequest, RaysightError, internal_error
 from raysight.families import ModelInputs
 from raysight.sampling import resolve_sampling
+from raysight.spec import PROMPT_CHARS_PER_TOKEN as CHARS_PER_TOKEN
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +118,11 @@ class GenerateEngine(Engine):
             temperature=request.temperature,
             top_p=request.top_p,
         )
-        check_image_count(count_images(request.messages), spec.images)
+        # Bounds checked by counting, before the prompt is tokenized or any image decoded.
+        self._check_prompt_chars(request.messages)
+        images_given = count_images(request.messages)
+        check_image_count(images_given, spec.images)
+        self.family.check_image_count(images_given)
         messages, images = split_messages(
             request.messages, lambda source: load_image(source, spec.images)
         )
@@ -146,12 +151,26 @@ class GenerateEngine(Engine):
             inputs=inputs,
             max_new_tokens=sampling.max_new_tokens,
             min_new_tokens=sampling.min_new_tokens,
-            temperature=sampling.temperature,
+            # Below GREEDY_BELOW a temperature decodes greedily (its logits would overflow).
+            temperature=0.0 if sampling.greedy else sampling.temperature,
             top_p=sampling.top_p,
             on_text=request.on_text,
             group=group,
             response_key=response_key,
         )
+
+    def _check_prompt_chars(self, messages: list) -> None:
+        """Refuse a prompt too long for max_text_tokens by its characters, before spending
+        tokenizer time on it: no prompt of more than CHARS_PER_TOKEN characters per allowed
+        token could fit."""
+        limit = self.spec.max_text_tokens * CHARS_PER_TOKEN
+        given = text_chars(messages)
+        if given > limit:
+            raise InvalidRequest(
+                f"the prompt is {given:,} characters long; this model accepts at most "
+                f"{self.spec.max_text_tokens} tokens (max_text_tokens), so prompts over "
+                f"{limit:,} characters ({CHARS_PER_TOKEN} per token) are refused unread"
+            )
 
     @property
     def _needs_image_keys(self) -> bool:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Hashable
 
-from raysight.errors import InvalidRequest, UnsupportedModel
+from raysight.errors import InvalidRequest, TooManyImages, UnsupportedModel
 
 # Keys whose tensors are per-token and padded on the left with the pad id (input_ids) or 0.
 _LEFT_PADDED = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
@@ -52,6 +52,15 @@ class GenerativeFamily:
     # Of those, the ones only the vision tower reads: generate gets the encoder's output
     # instead of them when the vision cache supplies it (see raysight.engines.vision).
     encoder_only_keys: tuple[str, ...] = ("pixel_values",)
+    # The most images the architecture takes in one chat (None: as many as the spec allows);
+    # the engine counts a request's images against it before it decodes any.
+    max_images: int | None = None
+
+    def check_image_count(self, count: int) -> None:
+        """Refuse a chat with more images than the architecture takes (counted, not decoded)."""
+        if self.max_images is not None and count > self.max_images:
+            raise TooManyImages(f"this request has {count} images; {self.name} models take at "
+                                f"most {self.max_images} per request")
 
     def load_processor(self, source: str, **kwargs):
         from transformers import AutoProcessor

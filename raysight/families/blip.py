@@ -16,6 +16,7 @@ from raysight.families.base import GenerativeFamily, ModelInputs
 class BlipFamily(GenerativeFamily):
     name = "blip"
     model_types = ("blip",)
+    max_images = 1
 
     def build_inputs(self, processor, messages: list[dict], images: list) -> ModelInputs:
         if len(images) != 1:
