@@ -67,7 +67,10 @@ class Qwen2VLFamily(GenerativeFamily):
         if importlib.util.find_spec("torchvision") is not None:
             try:
                 return AutoProcessor.from_pretrained(source, **kwargs)
-            except (ImportError, RuntimeError) as exc:  # torchvision present but broken
+            # ImportError/RuntimeError: torchvision present but broken. OSError: a folder
+            # saved with no video processor (the image-only one writes none), which
+            # transformers' AutoProcessor insists on whenever torchvision is importable.
+            except (ImportError, RuntimeError, OSError) as exc:
                 logger.warning("stock Qwen2-VL processor failed (%s); using image-only", exc)
         return Qwen2VLImageOnlyProcessor.from_pretrained(source, **kwargs)
 
