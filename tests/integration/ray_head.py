@@ -32,7 +32,8 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def _pids_naming(marker: str) -> list[int]:
+def pids_naming(marker: str) -> list[int]:
+    """Pids of processes whose command line names `marker` (a cluster's temp dir)."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -74,7 +75,7 @@ def ray_head(num_cpus: int, env: dict[str, str]) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             head.kill()
             head.wait()
-        for pid in _pids_naming(temp_dir):
+        for pid in pids_naming(temp_dir):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         log.close()

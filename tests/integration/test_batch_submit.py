@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raysight.shapes import write_shapes_folder
+from tests.integration.ray_head import free_ports, pids_naming
 
 pytestmark = pytest.mark.integration
 
@@ -27,37 +27,12 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
-def _processes_under(marker: str) -> list[int]:
-    """Pids of processes whose command line names `marker` (this cluster's temp dir)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                if marker.encode() in handle.read():
-                    found.append(int(entry))
-        except OSError:
-            continue
-    return found
-
-
 @pytest.fixture(scope="module")
 def head_cluster():
     """A `ray start --head --block` cluster with 2 CPUs; yields its dashboard address."""
     # A short path: Ray's unix sockets live under it and their paths are length-limited.
     temp_dir = tempfile.mkdtemp(prefix="rsjob-", dir="/tmp")
-    ports = _free_ports(10)
+    ports = free_ports(10)
     flags = dict(zip(
         ("--port", "--dashboard-port", "--node-manager-port", "--object-manager-port",
          "--ray-client-server-port", "--dashboard-agent-listen-port",
@@ -98,7 +73,7 @@ def head_cluster():
             head.kill()
             head.wait()
         time.sleep(1)
-        for pid in _processes_under(temp_dir):
+        for pid in pids_naming(temp_dir):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
