@@ -9,7 +9,6 @@ import contextlib
 import io
 import os
 import shlex
-import socket
 import subprocess
 import sys
 from contextlib import redirect_stdout
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.api_server import free_port
 from tests.unit.test_readme import SERVER, code_blocks, section
 
 pytestmark = pytest.mark.integration
@@ -25,12 +25,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 if not (ROOT / "raysight/builtin/models/shapes-vlm/model.safetensors").is_file():
     pytest.skip("the built-in models are not built", allow_module_level=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from raysight.shapes import ALL_CAPTIONS, QUESTIONS
+from tests.api_server import free_port
 from tests.browser import ARTIFACTS, chromium, chromium_path, screenshot
 
 pytestmark = pytest.mark.integration
@@ -34,12 +34,6 @@ PHONE = {"width": 390, "height": 844}
 
 if not (ROOT / "raysight/builtin/models/shapes-vlm/model.safetensors").is_file():
     pytest.skip("the built-in models are not built", allow_module_level=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
