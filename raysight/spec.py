@@ -139,9 +139,9 @@ class ModelSpec(_Frozen):
     max_text_tokens: int = Field(
         4096,
         gt=0,
-        description="Longest prompt accepted, in tokens after the chat template. A prompt of "
-        f"more than {PROMPT_CHARS_PER_TOKEN} characters per such token is refused before it "
-        "is tokenized.",
+        description="Longest prompt accepted, in tokens after the chat template. A prompt (an "
+        f"embed or search text, a label, all of a request's labels) of more than "
+        f"{PROMPT_CHARS_PER_TOKEN} characters per such token is refused before it is tokenized.",
     )
     max_labels_per_request: int = Field(
         256,

@@ -11,7 +11,7 @@ from raysight.caching import (EngineCaches, cached_batch, image_key, install_pre
                               known_image_keys)
 from raysight.engines.base import Engine
 from raysight.errors import InvalidRequest, RaysightError
-from raysight.text import check_encodable
+from raysight.text import check_encodable, check_length
 
 _LABEL_CACHE_SIZE = 4096
 
@@ -102,6 +102,7 @@ class EmbedEngine(Engine):
             return self._prepared_image("image", load_image(request.image, self.spec.images))
         if not isinstance(request.text, str) or not request.text.strip():
             raise InvalidRequest("the text to embed must be a non-empty string")
+        check_length(len(request.text), "text", self.spec.max_text_tokens)
         check_encodable(request.text, "text")
         tensors = self._text_tensors([request.text])
         return PreparedEmbed("text", tensors, tokens=int(tensors["attention_mask"].sum()))
@@ -116,7 +117,10 @@ class EmbedEngine(Engine):
         for position, label in enumerate(labels):
             if not isinstance(label, str) or not label.strip():
                 raise InvalidRequest(f"labels[{position}] must be a non-empty string")
+            check_length(len(label), f"labels[{position}]", self.spec.max_text_tokens)
             check_encodable(label, f"labels[{position}]")
+        # Each label is tokenized apart: many long labels cost as much as one long text.
+        check_length(sum(map(len, labels)), "the labels' text", self.spec.max_text_tokens)
 
     def _prepared_image(self, kind: str, image, labels: tuple[str, ...] = ()) -> PreparedEmbed:
         # Hashed once here; the preprocess cache reuses the key instead of hashing again.
