@@ -69,8 +69,11 @@ def resolve_sampling(
     except ValidationError as exc:
         raise InvalidRequest(problems(exc)) from None
     if sampling.max_new_tokens > defaults.max_new_tokens_limit:
+        asked = str(sampling.max_new_tokens)
+        # 1e308 is a whole number, so an integer: its 309 digits would bury the message.
+        asked = f"{int(asked):,}" if len(asked) <= 15 else f"a {len(asked)}-digit number"
         raise InvalidRequest(
-            f"max_new_tokens={sampling.max_new_tokens} is over this model's limit of "
+            f"max_tokens (max_new_tokens) {asked} is over this model's limit of "
             f"{defaults.max_new_tokens_limit} (generation.max_new_tokens_limit)"
         )
     return sampling
