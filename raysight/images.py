@@ -152,7 +152,20 @@ def decode_base64_image(text: str, policy: ImageInputPolicy) -> Image.Image:
         raise EmptyImage("the image string is empty; send the image file's bytes base64-encoded")
     body = clean.rstrip("=")
     check_byte_count(len(body) * 3 // 4, policy, "the decoded base64 image")
-    return decode_image_bytes(_decode_base64(clean), policy)
+    data = _decode_base64(clean)
+    try:
+        return decode_image_bytes(data, policy)
+    except NotAnImage as exc:
+        # "/etc/passwd" is valid base64 (JPEG's base64 starts with "/9j/" too): say what a
+        # path is taken for, as _decode_base64 does for paths outside the alphabet.
+        if clean.startswith(_PATH_STARTS):
+            raise NotAnImage(f"{exc.message}; a string starting with '/' is read as base64, "
+                             f"not as a path: {_LOCAL_FILE_HINT}") from None
+        raise
+
+
+_PATH_STARTS = ("/", "./", "../", "~")
+_LOCAL_FILE_HINT = "to send a local file use a file:// URL (needs images.allow_local_paths)"
 
 
 def _decode_base64(clean: str) -> bytes:
@@ -163,8 +176,8 @@ def _decode_base64(clean: str) -> bytes:
     if bad:
         problem = (f"character {bad.group()!r} at position {bad.start()} (whitespace ignored) "
                    "is not in the base64 alphabet")
-        if clean.startswith(("/", "./", "../", "~")):
-            problem += "; to send a local file use a file:// URL (needs images.allow_local_paths)"
+        if clean.startswith(_PATH_STARTS):
+            problem += f"; {_LOCAL_FILE_HINT}"
     elif "=" in body:
         problem = "'=' padding appears before the end"
     elif urlsafe and ("+" in body or "/" in body):
