@@ -50,8 +50,10 @@ def shape_images(count: int = 3) -> list[str]:
 
 
 @contextlib.contextmanager
-def served_app(index_folder: Path, **config) -> Iterator[str]:
-    """Serve the HTTP app over the built-in models; yields its base URL."""
+def served_app(index_folder: Path, batch_wait_s: float | None = None,
+               **config) -> Iterator[str]:
+    """Serve the HTTP app over the built-in models; yields its base URL. `batch_wait_s`
+    lengthens each model's batch wait, so that a concurrent burst shares batches."""
     import uvicorn
 
     from raysight.spec import ModelSpec
@@ -61,9 +63,10 @@ def served_app(index_folder: Path, **config) -> Iterator[str]:
     from serve_app.routes import build_http_api
 
     # A small generation limit keeps a sampled (temperature > 0) answer short.
+    waits = {} if batch_wait_s is None else {"batch_wait_timeout_s": batch_wait_s}
     specs = [ModelSpec(model="builtin:shapes-vlm", task="generate",
-                       generation={"max_new_tokens": 8, "max_new_tokens_limit": 16}),
-             ModelSpec(model="builtin:shapes-clip", task="embed")]
+                       generation={"max_new_tokens": 8, "max_new_tokens_limit": 16}, **waits),
+             ModelSpec(model="builtin:shapes-clip", task="embed", **waits)]
     settings = ServeConfig.for_specs(specs, indexes=[IndexConfig(path=str(index_folder))],
                                      **config)
     gateway = Gateway(settings, {spec.served_name: LocalClient(ModelServer(spec))
