@@ -362,6 +362,31 @@ def test_oversize_body_is_413(server):
     assert chunked.json()["error"]["code"] == "request_too_large"
 
 
+# Rows of the hostile corpus whose answer depends on the in-process server's own settings (its
+# body cap, generation limit and index name), and its 24-megapixel images, spared the replicas.
+NOT_ON_RAY = {"body over max_body_bytes", "max_tokens over the model's limit", "indexes listed",
+              "chat: huge but allowed image", "classify huge but allowed image"}
+
+
+def test_the_hostile_corpus_gets_the_same_answers_through_ray_serve(server):
+    """tests/unit/test_hostile_corpus.py's table through this Serve app: errors raised in the
+    replicas cross Ray as the same JSON 4xx, and the app is ready and answers after."""
+    import httpx
+
+    from tests.unit.test_hostile_corpus import CORPUS, images, run_corpus
+
+    cases = [case for case in CORPUS if case.name not in NOT_ON_RAY]
+    started = time.perf_counter()
+    with httpx.Client(base_url=server, timeout=60) as client:
+        problems, tally = run_corpus(client, cases, images())
+        assert not problems, "\n".join(problems)
+        assert client.get("/readyz").json()["status"] == "ready"
+    print(f"\n{len(cases)} corpus cases through Serve in {time.perf_counter() - started:.1f} s; "
+          f"statuses {tally}")
+    assert not any(status >= 500 for status in tally)
+    assert len(cases) >= 100
+
+
 def read_metrics(port: int) -> list[tuple[str, float]]:
     """raysight's samples in Ray's Prometheus export, as (name{labels}, value)."""
     import requests
