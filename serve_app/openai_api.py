@@ -298,7 +298,7 @@ class EmbeddingsRequest(_Body):
             url = url.get("url") if isinstance(url, dict) else url
             if isinstance(url, str) and url:
                 return EmbedRequest(image=url)
-        if isinstance(item, (int, list)):
+        if isinstance(item, (int, list)) and not isinstance(item, bool):
             raise InvalidRequest("token-id inputs are not supported; send text or images")
         raise InvalidRequest(
             f"input {position}: expected a string or a content part "

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import sys
 import time
 from typing import Any, Callable
 
@@ -165,6 +166,10 @@ async def read_json(request: Request) -> Any:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
     except RecursionError:  # thousands of levels: the parser gave up first
         raise too_deep from None
+    except ValueError:  # an integer longer than Python converts (a guard against slow parses)
+        digits = sys.get_int_max_str_digits()
+        raise InvalidRequest(f"the request body holds an integer of more than {digits:,} "
+                             f"digits; the limit is {digits:,} digits") from None
     # Counting brackets is a C-speed pass; only a body with enough of them can be too deep.
     if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and not _within_depth(data):
         raise too_deep
