@@ -1,6 +1,7 @@
 """Hostile rows in an offline job: one embed run on the shared local Ray over a Parquet table
 holding every kind of bad row next to good ones. Each bad row fails alone with its reason (the
-`error` column names what is wrong), every good row gets its vector, and the job finishes.
+`error` column names what is wrong), every good row gets its vector, and the job finishes. The
+caption (ask) and classify jobs' bad rows through their own CPU stage, as Ray calls it.
 
 Lone surrogates have no row here: Arrow refuses them when a Parquet, CSV or JSONL file is
 written or read, so no table can carry one to a job."""
@@ -109,17 +110,36 @@ def test_every_bad_row_fails_with_its_reason_and_every_good_row_is_embedded(ray_
           f"{len(good)} good rows embedded")
 
 
-def test_an_image_column_of_the_wrong_type_fails_each_row_with_its_reason(tmp_path):
-    """A Parquet column has one type, so a table whose image column holds numbers fails every
-    row (the job's own CPU stage, called on the batch as Ray would)."""
+def test_ask_and_classify_rows_fail_alone_in_the_cpu_stage(tmp_path):
+    """The caption (ask) and classify jobs' own CPU stage over bad rows next to good ones, as
+    Ray calls it on a batch: an over-long per-row prompt, a corrupt image, an image column of
+    the wrong type (a Parquet column has one type, so every row of such a table fails), a job
+    with more labels than max_labels_per_request each fail their row with the reason."""
     from batch_jobs.config import job_config_for
     from batch_jobs.stages import PreprocessStage
+    from raysight.shapes import make_shapes
 
-    if not (BUILTIN_MODELS["shapes-clip"] / "model.safetensors").is_file():
-        pytest.skip("the built-in shapes-clip is not built")
-    stage = PreprocessStage(job_config_for("embed", CLIP, str(tmp_path), str(tmp_path / "out")))
-    out = stage(pa.table({"id": ["a", "b"], "image": pa.array([3, 4**20]),
-                          "text": [None, None]})).to_pylist()
+    if not (BUILTIN_MODELS["shapes-vlm"] / "model.safetensors").is_file():
+        pytest.skip("the built-in models are not built")
+    good = png_bytes(make_shapes(1, seed=2)[0][0])
+    ask = PreprocessStage(job_config_for("caption", "builtin:shapes-vlm", str(tmp_path)))
+    out = ask(pa.table({"id": ["good", "nul", "long", "corrupt", "no-image"],
+                        "image": [good, good, good, good[: len(good) // 2], None],
+                        "prompt": ["what shape?", "what\u0000shape?", "x" * LONG, "what?",
+                                   "what?"]})).to_pylist()
+    errors = {row["id"]: row["error"] for row in out}
+    assert errors["good"] is None and errors["nul"] is None
+    assert "131,073 characters" in errors["long"] and "max_text_tokens" in errors["long"]
+    assert "truncated or damaged" in errors["corrupt"]
+    assert errors["no-image"] == "this row has no image"
+    assert [row["prepared"] is not None for row in out] == [True, True, False, False, False]
+
+    labels = tuple(f"label {n}" for n in range(257))
+    many = PreprocessStage(job_config_for("classify", CLIP, str(tmp_path), labels=labels))
+    out = many(pa.table({"id": ["a"], "image": [good]})).to_pylist()
+    assert out[0]["error"] == ("257 labels in one request; the limit is 256 "
+                               "(max_labels_per_request); split the labels over several requests")
+    out = many(pa.table({"id": ["a", "b"], "image": pa.array([3, 4**20])})).to_pylist()
     assert [row["error_type"] for row in out] == ["ImageError"] * 2
     assert all(row["error"] == "the image column holds a int; expected bytes, a path or an URL"
                for row in out)
