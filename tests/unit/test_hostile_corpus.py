@@ -108,6 +108,8 @@ CORPUS: list[Case] = [
     Case("DELETE /v1/models", "/v1/models", method="DELETE", status=405,
          words=("Method Not Allowed",)),
     Case("POST /healthz", "/healthz", {}, 405, ("Method Not Allowed",)),
+    Case("PATCH /readyz", "/readyz", {"status": "ready"}, 405, ("Method Not Allowed",),
+         method="PATCH"),
     Case("unknown route", "/v2/chat", {}, 404, ("Not Found",)),
     Case("no API key", EMBED, {"input": "a"}, 401, ("API key", "Authorization: Bearer"),
          headers={"Authorization": ""}),
@@ -293,6 +295,8 @@ CORPUS: list[Case] = [
     # --- open routes ---------------------------------------------------------------------
     Case("the page", "/", method="GET", status=200, words=("<html",)),
     Case("models listed", "/v1/models", method="GET", status=200, words=("shapes-clip",)),
+    Case("readyz with a wrong key", "/readyz", method="GET", status=200, words=('"ready"',),
+         headers={"Authorization": "Bearer nope"}),
     Case("indexes listed", "/search/indexes", method="GET", status=200, words=("shapes-index",)),
     Case("healthz with a body and a query", "/healthz", method="GET", status=200,
          words=("ok",), params={"x": "\u0000"}),
