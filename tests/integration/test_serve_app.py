@@ -369,11 +369,11 @@ NOT_ON_RAY = {"body over max_body_bytes", "max_tokens over the model's limit", "
 
 
 def test_the_hostile_corpus_gets_the_same_answers_through_ray_serve(server):
-    """tests/unit/test_hostile_corpus.py's table through this Serve app: errors raised in the
+    """tests/hostile_corpus.py's table through this Serve app: errors raised in the
     replicas cross Ray as the same JSON 4xx, and the app is ready and answers after."""
     import httpx
 
-    from tests.unit.test_hostile_corpus import CORPUS, images, run_corpus
+    from tests.hostile_corpus import CORPUS, images, run_corpus
 
     cases = [case for case in CORPUS if case.name not in NOT_ON_RAY]
     started = time.perf_counter()
