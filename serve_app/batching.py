@@ -105,10 +105,29 @@ class DrainBatcher(Generic[In, Out]):
         self._full: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="raysight-model")
+        self._batch_started: float | None = None  # monotonic start of the running batch
+        self._closed = False
 
     @property
     def queued(self) -> int:
         return len(self._waiting)
+
+    def running_for(self) -> float:
+        """Seconds the running batch has been on the model thread (0 when none runs)."""
+        started = self._batch_started
+        return 0.0 if started is None else time.monotonic() - started
+
+    def fault(self) -> str | None:
+        """Why this batcher can no longer run batches, or None while it can: closed, or its
+        worker task ended with an error (then nothing queued would ever run)."""
+        if self._closed:
+            return "the batcher is closed"
+        worker = self._worker
+        if worker is not None and worker.done() and not worker.cancelled():
+            error = worker.exception()
+            if error is not None:
+                return f"the batch worker died: {type(error).__name__}: {error}"
+        return None
 
     async def submit(self, item: In) -> tuple[Out, BatchStats]:
         """Queue `item`; return its result and the stats of the batch it ran in."""
@@ -185,8 +204,10 @@ class DrainBatcher(Generic[In, Out]):
         items = [waiting.item for waiting in batch]
         try:
             try:
+                self._batch_started = started
                 results = await loop.run_in_executor(self._model_thread, self.run_batch, items)
             finally:
+                self._batch_started = None
                 ended = time.monotonic()
                 self._refill_goal = len(self._waiting) + len(batch)
                 self._refill_until = ended + self.refill_fraction * (ended - started)
@@ -204,6 +225,7 @@ class DrainBatcher(Generic[In, Out]):
 
     def close(self) -> None:
         """Stop the worker and the model thread (pending callers get CancelledError)."""
+        self._closed = True
         if self._worker is not None:
             self._worker.cancel()
         for waiting in self._waiting:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from raysight.errors import ConfigError
 from raysight.paths import absolute
 from raysight.spec import ModelSpec, validate_config
+from serve_app.deployment import DEFAULT_STUCK_BATCH_S
 
 
 MIN_ONGOING_REQUESTS = 32
@@ -72,6 +73,14 @@ class DeploymentOptions(_Frozen):
         "Past it, clients get 503 with Retry-After at once (never an unbounded queue).",
     )
     retry_after_s: int = Field(1, ge=1, description="The Retry-After header sent with a 503.")
+    stuck_batch_s: float = Field(
+        DEFAULT_STUCK_BATCH_S,
+        gt=0,
+        description="A batch running longer than this on a replica's model thread makes the "
+        "replica's health check fail, and Serve replaces the replica (checked every 10 s; "
+        "its requests get a 503 or a retry on another replica). Set it well above your "
+        "slowest real batch: the largest batch of the longest generation on this hardware.",
+    )
 
     def ray_actor_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}

@@ -26,6 +26,12 @@ from serve_app.stream_events import Accepted, Delta, Failed, Final, StreamEvent
 logger = logging.getLogger(__name__)
 
 _END = object()
+# A batch running longer than this is taken as a stuck model thread (see check_health).
+DEFAULT_STUCK_BATCH_S = 300.0
+
+
+class ModelStuck(RuntimeError):
+    """check_health's verdict: this replica's model can no longer answer; Serve replaces it."""
 
 
 @dataclass
@@ -57,7 +63,8 @@ def use_cores(threads: int | None) -> int:
 class ModelServer:
     """Serves one model: generate (chat) or embed (vectors, zero-shot classification)."""
 
-    def __init__(self, spec: ModelSpec, torch_threads: int | None = None, engine: Any = None):
+    def __init__(self, spec: ModelSpec, torch_threads: int | None = None, engine: Any = None,
+                 stuck_batch_s: float = DEFAULT_STUCK_BATCH_S):
         if engine is None:
             from raysight.engines import build_engine
 
@@ -66,6 +73,7 @@ class ModelServer:
         self.spec = spec
         self.name = spec.served_name
         self.engine = engine
+        self.stuck_batch_s = stuck_batch_s
         self.metrics = ModelMetrics(self.name)
         self.cache_metrics = CacheMetrics(self.name)
         self.batcher = DrainBatcher(
@@ -91,6 +99,22 @@ class ModelServer:
 
     async def ready(self) -> bool:
         return True
+
+    def check_health(self) -> None:
+        """Serve's health check (every health_check_period_s): raises when the model thread
+        is stuck (one batch on it for over ``stuck_batch_s``) or can run nothing more, so Serve
+        replaces this replica instead of leaving requests queued behind it forever. A plain
+        method: it runs on the replica's loop, never on the model thread it watches."""
+        fault = self.batcher.fault()
+        if fault is not None:
+            raise ModelStuck(f"model {self.name!r}: {fault}")
+        running = self.batcher.running_for()
+        if running > self.stuck_batch_s:
+            raise ModelStuck(
+                f"model {self.name!r}: one batch has been running for {running:.0f}s, over "
+                f"the {self.stuck_batch_s:g}s bound (deployment.stuck_batch_s); the model "
+                "thread is taken to be stuck"
+            )
 
     # -- generate ------------------------------------------------------------------------
     async def generate(self, request) -> Served:
