@@ -7,27 +7,53 @@ routes requests to them by model name.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
+from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
 from serve_app.config import ServeConfig, ServedModel
 from serve_app.deployment import ModelServer
-from serve_app.gateway import Gateway, ModelOverloaded
+from serve_app.gateway import Gateway, ModelOverloaded, ReplicaLost
 from serve_app.metrics import IngressMetrics
 from serve_app.routes import build_http_api
+
+logger = logging.getLogger(__name__)
 
 INGRESS_NAME = "ingress"
 # Access logs cost ~40% of throughput on small CPU machines; errors are still logged.
 LOGGING_CONFIG = {"enable_access_log": False}
 
 
-class HandleClient:
-    """A ModelClient over a Serve DeploymentHandle; a full queue becomes a 503."""
+# How long a request lost with its replica waits for another replica to take it; past this
+# the deployment has none up (the lost one is restarting) and the client gets a 503 at once.
+REPLICA_WAIT_S = 2.0
 
-    def __init__(self, handle, model: str, retry_after_s: int):
+
+class HandleClient:
+    """A ModelClient over a Serve DeploymentHandle: a full queue becomes a 503, and so does a
+    lost replica, after one retry.
+
+    A request whose replica dies while holding it (Ray raises ActorDiedError or
+    ActorUnavailableError, both RayActorError) is sent once more, to another replica; Serve's
+    router has already struck the dead one off. From here a unary call cannot tell whether the
+    replica had begun the request's batch, and asking it would cost a message per request, so
+    every lost request gets this one retry; a second loss, or no other replica within
+    REPLICA_WAIT_S, is a 503 ``replica_lost`` with Retry-After. So no request ends in an
+    internal 500 for a lost replica, and a request that itself kills replicas (a memory bomb)
+    takes down at most two. Requests that no replica had accepted yet are re-routed by Serve
+    itself. A stream is retried only until its first event; after that the client has seen
+    part of the answer, and the stream ends with a ``replica_lost`` error event.
+    """
+
+    def __init__(self, handle, model: str, retry_after_s: int,
+                 replica_wait_s: float = REPLICA_WAIT_S):
         self.handle = handle
         self.model = model
         self.retry_after_s = retry_after_s
+        self.replica_wait_s = replica_wait_s
+        self.lost = 0  # requests whose replica died while holding them (retried or not)
 
     def _overloaded(self, why: str) -> ModelOverloaded:
         return ModelOverloaded(
@@ -35,29 +61,84 @@ class HandleClient:
             self.retry_after_s,
         )
 
+    def _replica_lost(self, why: str) -> ReplicaLost:
+        return ReplicaLost(
+            f"the replica of model {self.model!r} running this request was lost (it died or "
+            f"was restarted); {why}; retry after {self.retry_after_s}s",
+            self.retry_after_s,
+        )
+
     async def call(self, method: str, *args: Any) -> Any:
+        from ray.exceptions import RayActorError
         from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
         try:
-            return await self.handle.options(method_name=method).remote(*args)
+            try:
+                return await self.handle.options(method_name=method).remote(*args)
+            except RayActorError:
+                self.lost += 1
+                logger.warning("a replica of %s was lost holding a %s call; retrying it once",
+                               self.model, method)
+            handle = self.handle.options(method_name=method)
+            async with self._another_replica(handle, args) as selection:
+                try:
+                    return await handle.dispatch(selection, *args)
+                except RayActorError:
+                    self.lost += 1
+                    raise self._replica_lost("so was the replica it was retried on") from None
         except BackPressureError:
             raise self._overloaded("at capacity (its queue is full)") from None
         except DeploymentUnavailableError:
             raise self._overloaded("not available right now") from None
 
     async def stream(self, method: str, *args: Any) -> AsyncIterator[Any]:
+        from ray.exceptions import RayActorError
         from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-        responses = self.handle.options(method_name=method, stream=True).remote(*args)
+        handle = self.handle.options(method_name=method, stream=True)
+        responses = handle.remote(*args)
+        retried = False
         try:
+            try:
+                first = await responses.__anext__()
+            except RayActorError:
+                # Nothing reached the client yet: the stream can start again elsewhere.
+                self.lost += 1
+                responses.cancel()
+                retried = True
+                async with self._another_replica(handle, args) as selection:
+                    responses = handle.dispatch(selection, *args)
+                    first = await responses.__anext__()
+            yield first
             async for item in responses:
                 yield item
+        except StopAsyncIteration:
+            return
         except BackPressureError:
             raise self._overloaded("at capacity (its queue is full)") from None
         except DeploymentUnavailableError:
             raise self._overloaded("not available right now") from None
+        except RayActorError:
+            self.lost += 1
+            why = ("so was the replica it was retried on" if retried else
+                   "the answer had begun, so it was not retried")
+            raise self._replica_lost(why) from None
         finally:
             responses.cancel()
+
+    @asynccontextmanager
+    async def _another_replica(self, handle, args: tuple) -> AsyncIterator[Any]:
+        """A replica reserved for a retry, or a 503 if none takes it within replica_wait_s."""
+        chooser = handle.choose_replica(*args)
+        try:
+            selection = await asyncio.wait_for(chooser.__aenter__(), self.replica_wait_s)
+        except asyncio.TimeoutError:
+            raise self._replica_lost(
+                f"no other replica took it within {self.replica_wait_s:g}s") from None
+        try:
+            yield selection
+        finally:
+            await chooser.__aexit__(None, None, None)  # releases the slot if not dispatched
 
 
 class Ingress:
@@ -126,8 +207,9 @@ def ingress_deployment(config: ServeConfig):
 
 def build_app(config: ServeConfig):
     """The Serve application for `config` (pass it to ``serve.run``)."""
-    handles = {served.name: model_deployment(served).bind(served.spec,
-                                                           served.deployment.torch_threads)
+    handles = {served.name: model_deployment(served).bind(
+                   served.spec, served.deployment.torch_threads,
+                   stuck_batch_s=served.deployment.stuck_batch_s)
                for served in config.models}
     return ingress_deployment(config).bind(config, handles)
 

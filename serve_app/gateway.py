@@ -35,6 +35,13 @@ class ModelOverloaded(Overloaded):
         self.retry_after_s = retry_after_s
 
 
+class ReplicaLost(ModelOverloaded):
+    """The model replica holding a request died (killed, out of memory, its node lost, or
+    replaced after failing its health check) and no other replica could take the request."""
+
+    code = "replica_lost"
+
+
 class ModelClient(Protocol):
     """How the gateway reaches one model's ModelServer."""
 

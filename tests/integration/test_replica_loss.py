@@ -1,0 +1,146 @@
+"""A lost model replica costs no request a 500, over real HTTP on the session's local Ray.
+
+Each model waits 3 s for a fuller batch (batch_wait_timeout_s), so a burst sits inside its
+replica when the test kills that replica: with a second replica every lost request is retried
+there and answered; with none, each gets a 503 ``replica_lost`` with Retry-After; a stream that
+had begun ends with a ``replica_lost`` error event and [DONE]. One overload burst checks that
+what the front refuses is a JSON 503 with Retry-After and that the admitted all succeed.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures as futures
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import png_bytes
+
+pytestmark = pytest.mark.integration
+
+BUILTIN = Path(__file__).resolve().parents[2] / "raysight/builtin/models"
+if not (BUILTIN / "shapes-vlm/model.safetensors").is_file():
+    pytest.skip("the built-in models are not built", allow_module_level=True)
+
+HOLD_S = 3.0  # how long a burst waits inside its replica for a fuller batch
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def image_b64():
+    from raysight.shapes import make_shapes
+
+    return base64.b64encode(png_bytes(make_shapes(1, seed=3)[0][0])).decode()
+
+
+@pytest.fixture(scope="module")
+def server(ray_session):
+    from ray import serve
+
+    from raysight.spec import ModelSpec
+    from serve_app.config import ServeConfig, ServedModel
+    from serve_app.launch import start_serving
+
+    def held(model: str, name: str, replicas: int, **deployment) -> ServedModel:
+        return ServedModel(
+            spec=ModelSpec(model=model, name=name, max_batch_size=32, batch_wait_timeout_s=HOLD_S),
+            deployment={"num_replicas": replicas, "num_cpus": 0.5, "torch_threads": 1,
+                        **deployment})
+
+    config = ServeConfig(
+        models=[held("builtin:shapes-clip", "clip-two", 2),
+                held("builtin:shapes-clip", "clip-one", 1,
+                     max_ongoing_requests=32, max_queued_requests=8),
+                held("builtin:shapes-vlm", "vlm-one", 1)],
+        port=free_port(), app_name="raysight-replica-loss",
+    )
+    url = start_serving(config)
+    yield url
+    serve.delete(config.app_name)
+    serve.shutdown()
+
+
+def _replicas(deployment: str) -> list:
+    import ray
+
+    return [ray.get_actor(actor["name"], namespace=actor["namespace"])
+            for actor in ray.util.list_named_actors(all_namespaces=True)
+            if actor["namespace"] == "serve" and f"#{deployment}#" in actor["name"]]
+
+
+def _kill_one_replica(deployment: str) -> None:
+    import ray
+
+    ray.kill(_replicas(deployment)[0], no_restart=True)
+
+
+def _classify(url: str, model: str, image_b64: str):
+    import requests
+
+    return requests.post(url + "/classify", timeout=120, json={
+        "model": model, "image": image_b64, "labels": ["a red shape", "a blue shape"]})
+
+
+def _burst_then_kill(url: str, model: str, image_b64: str, count: int) -> list:
+    with futures.ThreadPoolExecutor(count) as pool:
+        sent = [pool.submit(_classify, url, model, image_b64) for _ in range(count)]
+        time.sleep(HOLD_S / 2)  # every request is inside a replica, waiting for its batch
+        _kill_one_replica("model-" + model)
+        return [future.result() for future in sent]
+
+
+def _wait_until_answered(url: str, model: str, image_b64: str, limit_s: float = 90) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if _classify(url, model, image_b64).status_code == 200:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{model} did not answer again within {limit_s:.0f} s")
+
+
+def test_requests_of_a_killed_replica_are_retried_on_the_other_one(server, image_b64):
+    answers = _burst_then_kill(server, "clip-two", image_b64, 12)
+    assert [a.status_code for a in answers] == [200] * 12, [a.text[:200] for a in answers]
+    assert all(a.json()["label"] in ("a red shape", "a blue shape") for a in answers)
+
+
+def test_requests_of_the_only_replica_get_a_503_replica_lost(server, image_b64):
+    answers = _burst_then_kill(server, "clip-one", image_b64, 6)
+    statuses = [a.status_code for a in answers]
+    assert 500 not in statuses and statuses.count(503) >= 1, statuses
+    for answer in answers:
+        if answer.status_code == 503:
+            error = answer.json()["error"]
+            assert error["code"] == "replica_lost"
+            assert "was lost" in error["message"] and "retry after 1s" in error["message"]
+            assert answer.headers["Retry-After"] == "1"
+    _wait_until_answered(server, "clip-one", image_b64)  # Serve brought a new replica up
+
+
+def test_a_stream_whose_replica_dies_ends_with_an_error_event(server, image_b64):
+    import requests
+
+    body = {"model": "vlm-one", "stream": True, "max_tokens": 8, "messages": [
+        {"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64," + image_b64}},
+            {"type": "text", "text": "What color is the shape?"}]}]}
+    with requests.post(server + "/v1/chat/completions", json=body, stream=True,
+                       timeout=120) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines(decode_unicode=True)
+        first = next(line for line in lines if line.startswith("data: "))
+        assert json.loads(first[6:])["choices"][0]["delta"]["role"] == "assistant"
+        _kill_one_replica("model-vlm-one")  # the request waits in its batch: it has begun
+        events = [line[6:] for line in lines if line.startswith("data: ")]
+    assert events[-1] == "[DONE]", events
+    error = json.loads(events[-2])["error"]
+    assert error["code"] == "replica_lost" and "was not retried" in error["message"]
