@@ -47,13 +47,24 @@ class HandleClient:
     part of the answer, and the stream ends with a ``replica_lost`` error event.
     """
 
-    def __init__(self, handle, model: str, retry_after_s: int,
+    def __init__(self, handle, model: str, retry_after_s: int, capacity: int | None = None,
                  replica_wait_s: float = REPLICA_WAIT_S):
         self.handle = handle
         self.model = model
         self.retry_after_s = retry_after_s
+        self.capacity = capacity
         self.replica_wait_s = replica_wait_s
+        self.in_flight = 0  # calls and streams handed to Serve and not yet over
         self.lost = 0  # requests whose replica died while holding them (retried or not)
+
+    def refusal(self) -> ModelOverloaded | None:
+        """A 503 while this ingress already has `capacity` requests out to the model: what
+        every replica holds plus the handle's queue. Past it Serve would refuse too, but only
+        after the request's body was read, parsed and handed to its router."""
+        if self.capacity is not None and self.in_flight >= self.capacity:
+            return self._overloaded(f"at capacity ({self.capacity} requests in progress or "
+                                    "queued)")
+        return None
 
     def _overloaded(self, why: str) -> ModelOverloaded:
         return ModelOverloaded(
@@ -72,6 +83,10 @@ class HandleClient:
         from ray.exceptions import RayActorError
         from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
+        refused = self.refusal()
+        if refused is not None:
+            raise refused
+        self.in_flight += 1
         try:
             try:
                 return await self.handle.options(method_name=method).remote(*args)
@@ -90,12 +105,18 @@ class HandleClient:
             raise self._overloaded("at capacity (its queue is full)") from None
         except DeploymentUnavailableError:
             raise self._overloaded("not available right now") from None
+        finally:
+            self.in_flight -= 1
 
     async def stream(self, method: str, *args: Any) -> AsyncIterator[Any]:
         from ray.exceptions import RayActorError
         from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
+        refused = self.refusal()
+        if refused is not None:
+            raise refused
         handle = self.handle.options(method_name=method, stream=True)
+        self.in_flight += 1
         responses = handle.remote(*args)
         retried = False
         try:
@@ -124,6 +145,7 @@ class HandleClient:
                    "the answer had begun, so it was not retried")
             raise self._replica_lost(why) from None
         finally:
+            self.in_flight -= 1
             responses.cancel()
 
     @asynccontextmanager
@@ -150,13 +172,25 @@ class Ingress:
 
     def __init__(self, config: ServeConfig, handles: dict[str, Any]):
         clients = {
-            name: HandleClient(handle, name, config.model(name).deployment.retry_after_s)
+            name: HandleClient(handle, name, config.model(name).deployment.retry_after_s,
+                               capacity=admission_capacity(config, name))
             for name, handle in handles.items()
         }
         self.gateway = Gateway(config, clients)
 
     def __serve_build_asgi_app__(self):
         return build_http_api(self.gateway, IngressMetrics())
+
+
+def admission_capacity(config: ServeConfig, name: str) -> int:
+    """Requests one ingress replica lets out to model `name` at once: every replica's
+    max_ongoing_requests (at the autoscaler's max_replicas) plus the handle's
+    max_queued_requests, shared among the ingress replicas."""
+    served = config.model(name)
+    options = served.deployment
+    replicas = (options.autoscaling_config or {}).get("max_replicas", options.num_replicas)
+    total = replicas * served.max_ongoing_requests + options.max_queued_requests
+    return max(1, -(-total // config.ingress.num_replicas))
 
 
 def deployment_name(model: str) -> str:

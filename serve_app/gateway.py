@@ -49,6 +49,16 @@ class ModelClient(Protocol):
 
     def stream(self, method: str, *args: Any) -> AsyncIterator[Any]: ...
 
+    def refusal(self) -> ModelOverloaded | None:
+        """The 503 to answer at once, before a request's body is read, when this model holds
+        all it can; None while it has room."""
+        ...
+
+
+# The task of the model each model route calls (the edge refuses by it before the body).
+ROUTE_TASKS = {"/v1/chat/completions": "generate", "/predict": "generate",
+               "/v1/embeddings": "embed", "/classify": "embed", "/search": "embed"}
+
 
 class LocalClient:
     """A ModelServer in this process (tests, and anything that wants no Ray)."""
@@ -62,6 +72,9 @@ class LocalClient:
 
     def stream(self, method: str, *args: Any) -> AsyncIterator[Any]:
         return getattr(self.server, method)(*args)
+
+    def refusal(self) -> ModelOverloaded | None:
+        return None  # in-process: no queue to overflow
 
 
 @dataclass
@@ -98,6 +111,23 @@ class Gateway:
                 f"model {name!r} is not served here; served models: {', '.join(self.clients)}"
             )
         return self.clients[name]
+
+    def refusal(self, path: str) -> ModelOverloaded | None:
+        """A 503 for a request to `path` when every model that could answer it is full, so
+        the edge refuses it before reading its body (under a burst, reading and parsing
+        hundreds of bodies only to refuse them is what made the 503s slow). Models whose task
+        is not known yet (never asked) count as having room."""
+        task = ROUTE_TASKS.get(path)
+        if task is None:
+            return None
+        refused = None
+        for name, client in self.clients.items():
+            info = self._infos.get(name)
+            if info is None or info["task"] == task:
+                refused = client.refusal()
+                if refused is None:
+                    return None
+        return refused
 
     async def info(self, name: str) -> dict[str, Any]:
         if name not in self._infos:

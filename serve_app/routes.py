@@ -76,12 +76,15 @@ def error_response(path: str, exc: BaseException,
 
 
 class HttpEdge:
-    """ASGI middleware: API key, body size cap, request metrics, and a JSON 500 for bugs
-    (an InternalError whose id is logged with the traceback)."""
+    """ASGI middleware: API key, body size cap, admission (a 503 before the body is read when
+    the route's models are full), request metrics, and a JSON 500 for bugs (an InternalError
+    whose id is logged with the traceback)."""
 
     def __init__(self, app, api_key: str | None, max_body_bytes: int, metrics: IngressMetrics,
-                 is_open: Callable[[str], bool] = OPEN_PATHS.__contains__):
+                 is_open: Callable[[str], bool] = OPEN_PATHS.__contains__,
+                 admit: Callable[[str], RaysightError | None] = lambda path: None):
         self.app = app
+        self.admit = admit
         self.api_key = api_key.encode() if api_key else None
         self.is_open = is_open
         self.max_body_bytes = max_body_bytes
@@ -127,7 +130,7 @@ class HttpEdge:
         length = headers.get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_body_bytes:
             return self._too_large(int(length))
-        return None
+        return self.admit(scope["path"])  # a full model: 503 before the body is read
 
     def _too_large(self, size: int | None = None) -> RequestTooLarge:
         seen = f"{size:,} bytes" if size is not None else "larger than that"
@@ -208,7 +211,8 @@ def build_http_api(gateway: Gateway, metrics: IngressMetrics | None = None) -> F
                                                       or is_docs_path(path))
 
     app.add_middleware(HttpEdge, api_key=api_key, max_body_bytes=config.max_body_bytes,
-                       metrics=metrics or IngressMetrics(), is_open=is_open)
+                       metrics=metrics or IngressMetrics(), is_open=is_open,
+                       admit=gateway.refusal)
     if config.docs:
         add_docs_pages(app)
         generate_schema = app.openapi
