@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="tiny models and short windows: a smoke test (~1 min)")
     parser.add_argument("--only", action="append", choices=SCENARIOS, metavar="SCENARIO",
                         help=f"run only this scenario (repeatable): {', '.join(SCENARIOS)}; "
-                        f"default: all but caching and serve_batch")
+                        f"default: all but caching, serve_batch and reliability")
     parser.add_argument("--out", type=Path,
                         help="results folder (default: bench/results, bench/results/quick "
                         "with --quick)")

@@ -77,6 +77,21 @@ TARGETS = (
            "embed_job", "plain_loop", 0.9),
     Target("cold start: raysight serve to first answer (s)", "cold_start", "seconds",
            "raysight_serve", None, 20.0, at_most=True),
+    Target("reliability soak: errors", "reliability", "errors", "soak", None, 0, at_most=True),
+    Target("reliability soak: replica RSS growth (%)", "reliability", "rss_growth_pct", "soak",
+           None, 10.0, at_most=True),
+    Target("reliability overload: 503 p99 (ms)", "reliability", "refused_p99_ms", "overload",
+           None, 250.0, at_most=True),
+    Target("reliability overload: admitted requests that failed", "reliability",
+           "admitted_failed", "overload", None, 0, at_most=True),
+    Target("reliability overload: first request after the burst succeeded", "reliability",
+           "first_after_ok", "overload", None, 1),
+    Target("reliability, 1 of 2 replicas killed: 500s", "reliability", "errors_500",
+           "kill_1_of_2_replicas", None, 0, at_most=True),
+    Target("reliability, only replica killed: 500s", "reliability", "errors_500",
+           "kill_only_replica", None, 0, at_most=True),
+    Target("reliability, only replica killed: seconds to first success", "reliability",
+           "recovery_s", "kill_only_replica", None, 10.0, at_most=True),
 )
 
 

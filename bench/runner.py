@@ -21,11 +21,12 @@ from bench.report import evaluate_targets, format_table, format_targets, write_j
 from bench.settings import BenchSettings
 
 SCENARIOS = ("batch_sweep", "cold_start", "online_embeddings", "online_generation",
-             "offline_embed", "caching", "serve_batch")
-# `make bench`: the throughput scenarios. The caching benchmark (~5 min) and the batcher
-# comparison (serve_batch) run on their own (`--only`); their rows stay in latest.json
-# from their last run.
-DEFAULT_SCENARIOS = tuple(s for s in SCENARIOS if s not in ("caching", "serve_batch"))
+             "offline_embed", "caching", "serve_batch", "reliability")
+# `make bench`: the throughput scenarios. The caching benchmark (~5 min), the batcher
+# comparison (serve_batch) and the reliability scenario (~4 min, its own `raysight serve`)
+# run on their own (`--only`); their rows stay in latest.json from their last run.
+DEFAULT_SCENARIOS = tuple(s for s in SCENARIOS
+                          if s not in ("caching", "serve_batch", "reliability"))
 RAY_SCENARIOS = {"online_embeddings", "online_generation", "offline_embed", "caching",
                  "serve_batch"}
 DEFAULT_EMBED_BATCH = 16
@@ -123,6 +124,11 @@ def run(options: RunOptions, log: Callable[[str], None] = print) -> dict:
         from bench.coldstart import cold_start
 
         timed("cold_start", lambda: cold_start(embed, settings, log))
+    if "reliability" in chosen:
+        from bench.reliability import reliability
+
+        # Its own `raysight serve` process with a private Ray: none in this process.
+        timed("reliability", lambda: reliability(settings, log))
     if chosen & RAY_SCENARIOS:
         _ray_scenarios(chosen, embed, vlm, best, settings, log, timed)
     targets = evaluate_targets(rows, {r["scenario"] for r in rows})

@@ -81,7 +81,8 @@ class HandleClient:
 
     async def call(self, method: str, *args: Any) -> Any:
         from ray.exceptions import RayActorError
-        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+        from ray.serve.exceptions import (BackPressureError, DeploymentUnavailableError,
+                                          ReplicaUnavailableError)
 
         refused = self.refusal()
         if refused is not None:
@@ -98,7 +99,7 @@ class HandleClient:
             async with self._another_replica(handle, args) as selection:
                 try:
                     return await handle.dispatch(selection, *args)
-                except RayActorError:
+                except (RayActorError, ReplicaUnavailableError):
                     self.lost += 1
                     raise self._replica_lost("so was the replica it was retried on") from None
         except BackPressureError:
@@ -110,7 +111,8 @@ class HandleClient:
 
     async def stream(self, method: str, *args: Any) -> AsyncIterator[Any]:
         from ray.exceptions import RayActorError
-        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+        from ray.serve.exceptions import (BackPressureError, DeploymentUnavailableError,
+                                          ReplicaUnavailableError)
 
         refused = self.refusal()
         if refused is not None:
@@ -139,7 +141,7 @@ class HandleClient:
             raise self._overloaded("at capacity (its queue is full)") from None
         except DeploymentUnavailableError:
             raise self._overloaded("not available right now") from None
-        except RayActorError:
+        except (RayActorError, ReplicaUnavailableError):
             self.lost += 1
             why = ("so was the replica it was retried on" if retried else
                    "the answer had begun, so it was not retried")

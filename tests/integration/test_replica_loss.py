@@ -50,16 +50,17 @@ def server(ray_session):
     from serve_app.config import ServeConfig, ServedModel
     from serve_app.launch import start_serving
 
-    def held(model: str, name: str, replicas: int, **deployment) -> ServedModel:
+    def held(model: str, name: str, replicas: int, batch: int = 32, **deployment) -> ServedModel:
         return ServedModel(
-            spec=ModelSpec(model=model, name=name, max_batch_size=32, batch_wait_timeout_s=HOLD_S),
+            spec=ModelSpec(model=model, name=name, max_batch_size=batch,
+                           batch_wait_timeout_s=HOLD_S),
             deployment={"num_replicas": replicas, "num_cpus": 0.5, "torch_threads": 1,
                         **deployment})
 
     config = ServeConfig(
         models=[held("builtin:shapes-clip", "clip-two", 2),
-                held("builtin:shapes-clip", "clip-one", 1,
-                     max_ongoing_requests=32, max_queued_requests=8),
+                held("builtin:shapes-clip", "clip-one", 1, batch=8,
+                     max_ongoing_requests=8, max_queued_requests=4),  # capacity 12
                 held("builtin:shapes-vlm", "vlm-one", 1)],
         port=free_port(), app_name="raysight-replica-loss",
     )
@@ -144,3 +145,22 @@ def test_a_stream_whose_replica_dies_ends_with_an_error_event(server, image_b64)
     assert events[-1] == "[DONE]", events
     error = json.loads(events[-2])["error"]
     assert error["code"] == "replica_lost" and "was not retried" in error["message"]
+
+
+def test_a_burst_past_capacity_gets_json_503s_and_every_admitted_request_succeeds(
+        server, image_b64):
+    from collections import Counter
+
+    _wait_until_answered(server, "clip-one", image_b64)  # the gateway knows its task
+    with futures.ThreadPoolExecutor(150) as pool:
+        answers = list(pool.map(lambda _: _classify(server, "clip-one", image_b64), range(150)))
+    statuses = Counter(answer.status_code for answer in answers)
+    assert set(statuses) == {200, 503} and statuses[200] >= 12, statuses  # capacity 12
+    for answer in answers:
+        if answer.status_code == 503:
+            assert answer.headers["Retry-After"] == "1"
+            error = answer.json()["error"]
+            assert error["code"] == "overloaded" and "retry after 1s" in error["message"]
+        else:
+            assert answer.json()["label"] in ("a red shape", "a blue shape")
+    assert _classify(server, "clip-one", image_b64).status_code == 200  # right after
