@@ -153,10 +153,13 @@ class HandleClient:
     @asynccontextmanager
     async def _another_replica(self, handle, args: tuple) -> AsyncIterator[Any]:
         """A replica reserved for a retry, or a 503 if none takes it within replica_wait_s."""
+        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
         chooser = handle.choose_replica(*args)
         try:
             selection = await asyncio.wait_for(chooser.__aenter__(), self.replica_wait_s)
-        except asyncio.TimeoutError:
+        except (asyncio.TimeoutError, BackPressureError, DeploymentUnavailableError):
+            # No replica up, or the queue for one already full of other retries.
             raise self._replica_lost(
                 f"no other replica took it within {self.replica_wait_s:g}s") from None
         try:

@@ -78,10 +78,19 @@ def _replicas(deployment: str) -> list:
             if actor["namespace"] == "serve" and f"#{deployment}#" in actor["name"]]
 
 
-def _kill_one_replica(deployment: str) -> None:
+def _kill_the_busiest_replica(deployment: str, expected: int) -> None:
+    """Kill the replica of `deployment` holding the most requests, once its replicas hold
+    `expected` between them (or HOLD_S is nearly over: a slow machine delivers late)."""
     import ray
 
-    ray.kill(_replicas(deployment)[0], no_restart=True)
+    replicas = _replicas(deployment)
+    deadline = time.monotonic() + HOLD_S - 0.5
+    while True:
+        held = ray.get([replica.get_num_ongoing_requests.remote() for replica in replicas])
+        if sum(held) >= expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    ray.kill(replicas[held.index(max(held))], no_restart=True)
 
 
 def _classify(url: str, model: str, image_b64: str):
@@ -94,8 +103,7 @@ def _classify(url: str, model: str, image_b64: str):
 def _burst_then_kill(url: str, model: str, image_b64: str, count: int) -> list:
     with futures.ThreadPoolExecutor(count) as pool:
         sent = [pool.submit(_classify, url, model, image_b64) for _ in range(count)]
-        time.sleep(HOLD_S / 2)  # every request is inside a replica, waiting for its batch
-        _kill_one_replica("model-" + model)
+        _kill_the_busiest_replica("model-" + model, count)  # requests wait for their batch
         return [future.result() for future in sent]
 
 
@@ -116,14 +124,15 @@ def test_requests_of_a_killed_replica_are_retried_on_the_other_one(server, image
 
 def test_requests_of_the_only_replica_get_a_503_replica_lost(server, image_b64):
     answers = _burst_then_kill(server, "clip-one", image_b64, 6)
-    statuses = [a.status_code for a in answers]
-    assert 500 not in statuses and statuses.count(503) >= 1, statuses
-    for answer in answers:
-        if answer.status_code == 503:
-            error = answer.json()["error"]
-            assert error["code"] == "replica_lost"
-            assert "was lost" in error["message"] and "retry after 1s" in error["message"]
-            assert answer.headers["Retry-After"] == "1"
+    assert 500 not in [a.status_code for a in answers]
+    errors = [a.json()["error"] for a in answers if a.status_code == 503]
+    assert all(a.headers["Retry-After"] == "1" for a in answers if a.status_code == 503)
+    lost = [error for error in errors if error["code"] == "replica_lost"]
+    assert lost and all("was lost" in e["message"] and "retry after 1s" in e["message"]
+                        for e in lost), errors
+    # A request that reached the handle after the kill, on a slow machine, waits in Serve's
+    # queue for the new replica or finds it full: a 503 overloaded, never a 500.
+    assert all(error["code"] in ("replica_lost", "overloaded") for error in errors), errors
     _wait_until_answered(server, "clip-one", image_b64)  # Serve brought a new replica up
 
 
@@ -140,7 +149,7 @@ def test_a_stream_whose_replica_dies_ends_with_an_error_event(server, image_b64)
         lines = response.iter_lines(decode_unicode=True)
         first = next(line for line in lines if line.startswith("data: "))
         assert json.loads(first[6:])["choices"][0]["delta"]["role"] == "assistant"
-        _kill_one_replica("model-vlm-one")  # the request waits in its batch: it has begun
+        _kill_the_busiest_replica("model-vlm-one", 1)  # it waits in its batch: it has begun
         events = [line[6:] for line in lines if line.startswith("data: ")]
     assert events[-1] == "[DONE]", events
     error = json.loads(events[-2])["error"]
@@ -152,8 +161,8 @@ def test_a_burst_past_capacity_gets_json_503s_and_every_admitted_request_succeed
     from collections import Counter
 
     _wait_until_answered(server, "clip-one", image_b64)  # the gateway knows its task
-    with futures.ThreadPoolExecutor(150) as pool:
-        answers = list(pool.map(lambda _: _classify(server, "clip-one", image_b64), range(150)))
+    with futures.ThreadPoolExecutor(96) as pool:
+        answers = list(pool.map(lambda _: _classify(server, "clip-one", image_b64), range(96)))
     statuses = Counter(answer.status_code for answer in answers)
     assert set(statuses) == {200, 503} and statuses[200] >= 12, statuses  # capacity 12
     for answer in answers:
