@@ -37,6 +37,7 @@ from typing import Callable
 
 from bench.coldstart import _raysight_command, kill_session
 from bench.loadgen import percentile
+from bench.processes import cpu_by_role, replica_pids, rss_mb
 from bench.report import row
 from bench.servers import child_env, free_port, wait_until_up
 from bench.settings import BenchSettings
@@ -133,53 +134,6 @@ async def _post(http, url: str, route: str, body: bytes) -> tuple[int, float, st
     return response.status_code, time.perf_counter() - sent, code
 
 
-def _replica_pids(session: int, deployment: str) -> list[int]:
-    """Processes of `session` whose title names a replica of `deployment`."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3]) != session:
-                continue
-            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, IndexError, ValueError):
-            continue
-        name = title.split()[0] if title.split() else ""
-        if name.startswith("ray::ServeReplica:") and (f":{deployment}." in name + "."):
-            pids.append(int(entry.name))
-    return pids
-
-
-def _cpu_by_role(session: int) -> dict[str, float]:
-    """CPU seconds (user + system) so far of the session's Serve processes, by role: the
-    HTTP proxy, the ingress replica, the model replicas, and the rest (Ray's own)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    spent: Counter = Counter()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[3]) != session:
-                continue
-            title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-        except (OSError, IndexError, ValueError):
-            continue
-        role = ("proxy" if "ProxyActor" in title else
-                "ingress" if title.startswith("ray::ServeReplica:") and ":ingress" in title else
-                "models" if title.startswith("ray::ServeReplica:") else "ray_other")
-        spent[role] += (int(fields[11]) + int(fields[12])) / ticks
-    return dict(spent)
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def _load() -> float:
     return round(os.getloadavg()[0], 2)
 
@@ -225,12 +179,12 @@ async def _burst(url: str, bodies: Bodies, count: int, session: int) -> dict:
             await http.get(url + "/healthz")
             return time.perf_counter() - sent
 
-        cpu_start = _cpu_by_role(session)
+        cpu_start = cpu_by_role(session)
         floor = await asyncio.gather(*(health() for _ in range(count)))
-        cpu_floor = _cpu_by_role(session)
+        cpu_floor = cpu_by_role(session)
         answers = await asyncio.gather(*(_post(http, url, "chat", bodies.next("chat"))
                                          for _ in range(count)))
-        cpu_chats = _cpu_by_role(session)
+        cpu_chats = cpu_by_role(session)
         after, _, after_code = await _post(http, url, "chat", bodies.next("chat"))
     refused = [s for status, s, code in answers if status == 503 and code == "overloaded"]
     admitted = [s for status, s, _ in answers if status == 200]
@@ -329,13 +283,13 @@ def _phases(url: str, session: int, soak_total: int, log: Callable[[str], None],
             phases: tuple[str, ...]) -> list[dict]:
     bodies = Bodies()
     rows: list[dict] = []
-    replicas = {VLM: _replica_pids(session, "model-" + VLM),
-                CLIP: _replica_pids(session, "model-" + CLIP)}
+    replicas = {VLM: replica_pids(session, "model-" + VLM),
+                CLIP: replica_pids(session, "model-" + CLIP)}
     if len(replicas[VLM]) != VLM_REPLICAS or len(replicas[CLIP]) != 1:
         raise RuntimeError(f"expected {VLM_REPLICAS} + 1 replica processes, found {replicas}")
     asyncio.run(_soak(url, bodies, 10 * SOAK_CLIENTS))  # warm-up: every route, every replica
     all_pids = replicas[VLM] + replicas[CLIP]
-    rss_before = {pid: _rss_mb(pid) for pid in all_pids}
+    rss_before = {pid: rss_mb(pid) for pid in all_pids}
 
     if "soak" in phases:
         rows += _soak_phase(url, bodies, soak_total, all_pids, rss_before, log)
@@ -349,7 +303,7 @@ def _phases(url: str, session: int, soak_total: int, log: Callable[[str], None],
 def _soak_phase(url, bodies, soak_total, all_pids, rss_before, log) -> list[dict]:
     load = _load()
     soak = asyncio.run(_soak(url, bodies, soak_total))
-    rss_after = {pid: _rss_mb(pid) for pid in all_pids}
+    rss_after = {pid: rss_mb(pid) for pid in all_pids}
     growth = max(100 * (rss_after[pid] - rss_before[pid]) / rss_before[pid] for pid in all_pids)
     log(f"  soak: {soak['requests']} requests in {soak['seconds']:.0f} s, {soak['errors']} "
         f"errors, p50 {soak['p50_ms']:.0f} ms, p99 {soak['p99_ms']:.0f} ms; replica RSS "
