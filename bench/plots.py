@@ -28,6 +28,11 @@ def _pyplot():
     return plt
 
 
+# Scenarios whose figures are counts and times of different kinds, shown as a table in the
+# README: one bar chart over all of them would say nothing.
+TABLE_ONLY = frozenset({"reliability"})
+
+
 def plot_all(rows: list[dict], targets: list[dict], folder: Path, title_note: str) -> list[Path]:
     """Draw every plot the rows allow; return the files written."""
     written = []
@@ -35,6 +40,8 @@ def plot_all(rows: list[dict], targets: list[dict], folder: Path, title_note: st
     for r in rows:
         by_scenario[r["scenario"]].append(r)
     for scenario, mine in by_scenario.items():
+        if scenario in TABLE_ONLY:
+            continue
         if any(r.get("clients") is not None for r in mine):
             written.append(_clients_plot(scenario, mine, folder, title_note))
         elif scenario == "batch_sweep":
