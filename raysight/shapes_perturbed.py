@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 PERTURBED_SEED = 31_337_001
 
 _SAMPLES = 4  # sub-pixel samples per axis
+BACKGROUNDS = ("flat", "linear", "radial", "checkerboard", "stripes", "clouds")
 _CANVASES = (40, 48, 64, 80, 96, 128, 160)
 # Hue (degrees), lowest saturation and lowest brightness of each colour's fill.
 _FILL = {
@@ -67,7 +68,8 @@ def _dull_rgb(rng: "np.random.Generator") -> "np.ndarray":
     return np.array(colorsys.hsv_to_rgb(*hsv), dtype=np.float32) * 255.0
 
 
-def _background(rng: "np.random.Generator", size: int) -> "np.ndarray":
+def _background(rng: "np.random.Generator", size: int,
+                record: dict | None = None) -> "np.ndarray":
     """One of six kinds of background, float32 HxWx3 in 0..255."""
     import numpy as np
 
@@ -75,6 +77,8 @@ def _background(rng: "np.random.Generator", size: int) -> "np.ndarray":
     grid = (np.arange(size, dtype=np.float32) + 0.5) / size
     y, x = np.meshgrid(grid, grid, indexing="ij")
     kind = int(rng.integers(6))
+    if record is not None:
+        record["background"] = BACKGROUNDS[kind]
     if kind == 0:  # flat
         weight = np.zeros((size, size), dtype=np.float32)
     elif kind == 1:  # linear gradient
@@ -126,9 +130,14 @@ def _coverage(shape: str, size: int, cx: float, cy: float, radius: float, angle:
 
 
 def draw_perturbed(
-    rng: "np.random.Generator", *, shape: str | None = None, color: str | None = None
+    rng: "np.random.Generator", *, shape: str | None = None, color: str | None = None,
+    record: dict | None = None,
 ) -> tuple["Image.Image", ShapeLabel]:
-    """Draw one shape the second renderer's way; everything comes from `rng`."""
+    """Draw one shape the second renderer's way; everything comes from `rng`.
+
+    `record`, if given, receives how the image was drawn (canvas, radius share, background
+    kind, blur, JPEG quality) for per-bucket scores; it draws nothing extra from `rng`.
+    """
     import numpy as np
     from PIL import Image, ImageFilter
 
@@ -148,13 +157,17 @@ def draw_perturbed(
     side = ((x - cx) * math.cos(tilt) + (y - cy) * math.sin(tilt)) / (2.0 * radius) + 0.5
     shade = 1.0 - rng.uniform(0.0, 0.15) * np.clip(side, 0.0, 1.0)
     fill = _fill_rgb(rng, label.color)[None, None, :] * shade[:, :, None]
-    pixels = _background(rng, size) * (1.0 - alpha) + fill * alpha
+    pixels = _background(rng, size, record) * (1.0 - alpha) + fill * alpha
     image = Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8), mode="RGB")
-    if rng.uniform() < 0.4:
+    blurred = rng.uniform() < 0.4
+    if blurred:
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2) * size / 64))
-    if rng.uniform() < 0.75:
+    quality = int(rng.integers(20, 96)) if rng.uniform() < 0.75 else None
+    if record is not None:
+        record.update(canvas=size, radius=radius / size, blurred=blurred, jpeg=quality)
+    if quality is not None:
         buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=int(rng.integers(20, 96)))
+        image.save(buffer, format="JPEG", quality=quality)
         image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
     return image, label
 

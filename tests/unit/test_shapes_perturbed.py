@@ -9,7 +9,7 @@ import numpy as np
 
 from raysight.builtin.augment import draw_augmented
 from raysight.shapes import ALL_CAPTIONS, COLORS
-from raysight.shapes_perturbed import PERTURBED_SEED, draw_perturbed, make_perturbed
+from raysight.shapes_perturbed import BACKGROUNDS, PERTURBED_SEED, draw_perturbed, make_perturbed
 
 
 def _pixels(image) -> bytes:
@@ -23,6 +23,20 @@ def test_the_same_seed_draws_the_same_pixels():
     assert [_pixels(a) for a, _ in first] == [_pixels(b) for b, _ in again]
     assert [label for _, label in first] == [label for _, label in again]
     assert [_pixels(a) for a, _ in first] != [_pixels(b) for b, _ in other]
+
+
+def test_recording_how_an_image_was_drawn_changes_nothing_drawn():
+    # Per-bucket scores (`python -m raysight.builtin.evaluate --buckets`) rely on this.
+    plain, recorded = np.random.default_rng(9), np.random.default_rng(9)
+    for _ in range(30):
+        record: dict = {}
+        image, label = draw_perturbed(plain)
+        same, same_label = draw_perturbed(recorded, record=record)
+        assert (_pixels(image), label) == (_pixels(same), same_label)
+        assert record["canvas"] == image.size[0]
+        assert 0.14 <= record["radius"] <= 0.42 * 1.15
+        assert record["jpeg"] is None or 20 <= record["jpeg"] <= 95
+        assert record["background"] in BACKGROUNDS and isinstance(record["blurred"], bool)
 
 
 def test_the_perturbed_set_varies_canvas_size_and_covers_every_caption():
