@@ -41,6 +41,8 @@ class TrainSettings:
     # Input side in pixels. 48, not 32: a small shape at 32 px is a few pixels across, too
     # few to tell a square from a circle once blurred or compressed.
     image_size: int = 48
+    # The vision tower (pre-LayerNorm, like CLIP's) learns at this multiple of `lr`.
+    vision_lr_scale: float = 1.0
 
 
 def draw_training_set(n: int, seed: int) -> list:
@@ -128,36 +130,43 @@ def fit(
     settings: TrainSettings,
     batch_loss: Callable[["object"], "object"],
     evaluate: Callable[[], dict[str, float]],
+    helper=None,
 ) -> dict[str, float]:
     """Run `settings.steps` AdamW steps of `batch_loss(indices into pool)`; print progress.
 
     `evaluate` returns held-out scores; its "accuracy" entry is the headline number.
+    `helper` is a module trained alongside the vision tower but not saved (an auxiliary head).
     Returns the final scores plus the wall time in seconds.
     """
     import torch
 
     # Weight decay on weight matrices only: not on embeddings, biases, norms or the temperature.
-    decay, rest = [], []
-    for name, param in model.named_parameters():
-        (decay if param.ndim >= 2 and "embedding" not in name else rest).append(param)
-    groups = [
-        {"params": decay, "weight_decay": settings.weight_decay},
-        {"params": rest, "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=settings.lr)
+    groups: dict[tuple[bool, bool], list] = {}
+    named = list(model.named_parameters())
+    if helper is not None:
+        named += [(f"vision_model.helper.{name}", p) for name, p in helper.named_parameters()]
+    for name, param in named:
+        key = (param.ndim >= 2 and "embedding" not in name, name.startswith("vision_model."))
+        groups.setdefault(key, []).append(param)
+    optimizer = torch.optim.AdamW(
+        [{"params": params, "weight_decay": settings.weight_decay if decays else 0.0,
+          "scale": settings.vision_lr_scale if vision else 1.0}
+         for (decays, vision), params in sorted(groups.items())],
+        lr=settings.lr,
+    )
     sampler = torch.Generator().manual_seed(settings.seed)
     start, window = time.perf_counter(), []
     for step in range(settings.steps):
         model.train()
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, settings)
+            group["lr"] = learning_rate(step, settings) * group["scale"]
         if step and step % settings.refresh_every == 0:
             pool.refresh(settings.refresh_size)
         batch = torch.randint(0, len(pool), (settings.batch_size,), generator=sampler)
         loss = batch_loss(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
         optimizer.step()
         window.append(loss.item())
         done = step + 1
@@ -235,7 +244,9 @@ def save(model, processor, out: Path, settings: TrainSettings, scores: dict[str,
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    record = {"settings": asdict(settings), "held_out": scores}
+    record = {"settings": asdict(settings), "held_out": scores,
+              "torch": __import__("torch").__version__,
+              "threads": __import__("torch").get_num_threads()}
     if init is not None:
         record["init"] = init
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -260,7 +271,8 @@ def main(argv: list[str] | None = None) -> None:
         help="warm start: continue from the model in this folder with the recipe's shorter "
         "fine-tuning settings (default: train from random weights)",
     )
-    parser.add_argument("--image-size", type=int, help="input side in pixels (default: 48)")
+    parser.add_argument("--image-size", type=int,
+                        help="input side in pixels (default: the recipe's: 64 clip, 48 vlm)")
     parser.add_argument(
         "--threads", type=int, default=2,
         help="torch threads (default 2); results are reproducible for one thread count",
