@@ -27,7 +27,12 @@ def engine_for(loaded) -> "Engine":
 
 
 def build_engine(spec: "ModelSpec") -> "Engine":
-    """Load `spec`'s model and wrap it in the engine for its task."""
+    """Load `spec`'s model and wrap it in the engine for its task. With `max_batch_size:
+    auto` the engine's spec holds the size a sweep (or the cache) picked, and
+    `engine.batch_choice` says how (raysight/autobatch.py)."""
+    from raysight.autobatch import resolve_batch_size
     from raysight.loading import load_model
 
-    return engine_for(load_model(spec))
+    engine = engine_for(load_model(spec))
+    resolve_batch_size(engine)
+    return engine

@@ -7,6 +7,7 @@ import logging
 from typing import Any, Sequence
 
 from raysight.errors import RaysightError, internal_error
+from raysight.pixels import install_raw_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +25,11 @@ class Engine:
         self.family = loaded.family
         self.device = loaded.device
         self.dtype = loaded.dtype
+        self.batch_choice = None  # how `max_batch_size: auto` was resolved (autobatch.py)
+        # Before any cache wraps the processor: preprocess hands out uint8 pixels, and the
+        # model's normalisation runs next to the forward (None: this processor's pixels stay
+        # float32). See raysight/pixels.py.
+        self.pixels = install_raw_pixels(self.processor, self.family.pixel_layout)
 
     def preprocess(self, request: Any) -> Any:
         raise NotImplementedError

@@ -173,7 +173,7 @@ class EmbedEngine(Engine):
 
         vectors = []
         for chunk in self._chunks(items):
-            inputs = [on_device(item, self.device, self.dtype) for item in chunk]
+            inputs = [on_device(item, self.device, self.dtype, self.pixels) for item in chunk]
             features = self.family.encode_images(self.model, inputs)
             vectors.extend(torch.nn.functional.normalize(features.float(), dim=-1))
         return vectors

@@ -99,7 +99,7 @@ class GenerateEngine(Engine):
             self.caches.vision = None  # BLIP and others encode their pixels inside generate
             return None
         return ImageFeatureCache(
-            self.model, self.family, self.caches.vision, self.device, self.dtype
+            self.model, self.family, self.caches.vision, self.device, self.dtype, self.pixels
         )
 
     def cache_stats(self):
@@ -245,7 +245,7 @@ class GenerateEngine(Engine):
                 encoded["mm_encoder_outputs"] = outputs
                 for key in self.family.encoder_only_keys:
                     batch.pop(key, None)
-        batch = on_device(batch, self.device, self.dtype)
+        batch = on_device(batch, self.device, self.dtype, self.pixels)
         first = items[0]
         sampling: dict[str, Any] = {"do_sample": False}
         if first.temperature > 0:

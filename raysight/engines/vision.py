@@ -29,7 +29,8 @@ def accepts_encoder_outputs(model) -> bool:
 class ImageFeatureCache:
     """Image features by content key, for the items of one generate call at a time."""
 
-    def __init__(self, model, family, cache: ByteLRU, device: str, dtype):
+    def __init__(self, model, family, cache: ByteLRU, device: str, dtype, pixels=None):
+        self.pixels = pixels
         self.model = model
         self.family = family
         self.cache = cache
@@ -54,15 +55,18 @@ class ImageFeatureCache:
             return None
 
         def encode(missing: list[str]) -> list[Any]:
-            inputs = [on_device(images[key], self.device, self.dtype) for key in missing]
+            inputs = [on_device(images[key], self.device, self.dtype, self.pixels)
+                      for key in missing]
             return self.family.encode_images(self.model, inputs)
 
         return self.family.encoder_outputs(cached_batch(self.cache, keys, encode))
 
 
-def on_device(tensors: dict[str, Any], device: str, dtype) -> dict[str, Any]:
-    """Tensors moved to the model's device; floating ones also cast to its dtype."""
-    return {
+def on_device(tensors: dict[str, Any], device: str, dtype, pixels=None) -> dict[str, Any]:
+    """Tensors moved to the model's device; floating ones also cast to its dtype. uint8
+    pixels move as uint8 and `pixels` (a PixelNormalizer) normalises them there."""
+    moved = {
         key: value.to(device, dtype=dtype) if value.is_floating_point() else value.to(device)
         for key, value in tensors.items()
     }
+    return pixels.restore(moved, dtype) if pixels is not None else moved

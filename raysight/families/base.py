@@ -52,6 +52,9 @@ class GenerativeFamily:
     # Of those, the ones only the vision tower reads: generate gets the encoder's output
     # instead of them when the vision cache supplies it (see raysight.engines.vision).
     encoder_only_keys: tuple[str, ...] = ("pixel_values",)
+    # Where pixel_values keep their colour channels (raysight.pixels.LAYOUTS): what lets the
+    # engines ship pixels as uint8 and normalise them next to the forward.
+    pixel_layout: str = "channels_first"
     # The most images the architecture takes in one chat (None: as many as the spec allows);
     # the engine counts a request's images against it before it decodes any.
     max_images: int | None = None
@@ -204,6 +207,8 @@ class EncoderFamily:
     model_types: tuple[str, ...] = ()
     # Image processor outputs the vision tower takes, one row per image in each.
     image_inputs: tuple[str, ...] = ("pixel_values",)
+    # Where pixel_values keep their colour channels (raysight.pixels.LAYOUTS).
+    pixel_layout: str = "channels_first"
     # CLIP pads texts to the longest in the batch; SigLIP was trained on max_length padding.
     text_padding: str | bool = True
 

@@ -29,3 +29,5 @@ class Siglip2Family(SiglipFamily):
     name = "siglip2"
     model_types = ("siglip2",)
     image_inputs = ("pixel_values", "pixel_attention_mask", "spatial_shapes")
+    # Patches flattened as (p, p, C); padded patches are zeros and stay zeros.
+    pixel_layout = "patch_channels_last"

@@ -60,6 +60,8 @@ class Qwen2VLFamily(GenerativeFamily):
     # pixel_values alone: generate still needs image_grid_thw (with mm_token_type_ids) to
     # place the image tokens' M-RoPE positions.
     image_inputs = ("pixel_values", "image_grid_thw")
+    # Flattened patches of (C, temporal, p, p): a patch holds each channel in one run.
+    pixel_layout = "patch_channels_first"
 
     def load_processor(self, source: str, **kwargs):
         from transformers import AutoProcessor
