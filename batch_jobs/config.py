@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from raysight.paths import absolute
-from raysight.spec import ModelSpec, validate_config
+from raysight.spec import BatchSize, ModelSpec, validate_config
 
 from batch_jobs.jobs import ROW_JOBS, job_named
 
@@ -69,9 +69,11 @@ class JobConfig(BaseModel):
     labels: tuple[str, ...] = Field(
         (), description="Classify job: the candidate labels, e.g. 'a red circle'."
     )
-    batch_size: int = Field(
-        32, gt=0, description="Rows per call of the model stage. The engine splits it further "
-        "into the spec's max_batch_size."
+    batch_size: BatchSize | Literal["auto"] = Field(
+        32, description="Rows per call of the model stage. The engine splits it further "
+        "into the spec's max_batch_size. 'auto': the spec's max_batch_size (when that is "
+        "'auto' too, one sweep on a model actor's device picks both before the job starts; the "
+        "pick is in the job's summary)."
     )
     preprocess_batch_size: int = Field(16, gt=0, description="Rows per call of the CPU stage.")
     actor_pool_size: int | None = Field(
@@ -107,6 +109,13 @@ class JobConfig(BaseModel):
         None, description="Ray cluster to connect to when Ray is not initialised yet (default: "
         "RAY_ADDRESS, else a running cluster, else a new local one)."
     )
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        return value
 
     @field_validator("input", "output", "image_root")
     @classmethod

@@ -64,7 +64,8 @@ INPUT_FLAGS = (
 
 # How a job runs on Ray: an argument group of its own in --help.
 RUNTIME_FLAGS = (
-    _field("--batch-size", "rows per model-stage call", type=int),
+    _field("--batch-size", "rows per model-stage call, or 'auto' (the model's max_batch_size, "
+           "picked by a sweep when that is auto)", metavar="N|auto"),
     _field("--preprocess-batch-size", "rows per CPU-stage call", type=int),
     _field("--actor-pool-size", "model actors (default: from the cluster)", type=int),
     _field("--preprocess-max-actors", "most CPU-stage actors", type=int),

@@ -41,6 +41,8 @@ class JobSummary:
     images_per_s: float
     plan: str
     parts_written: int = 0
+    max_batch_size: int | None = None  # the spec's, after `auto` was resolved
+    auto_batch: dict | None = None  # how `auto` picked it (raysight.autobatch.BatchChoice)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -52,6 +54,11 @@ class JobSummary:
             f"{self.output}",
             f"  {self.plan}",
         ]
+        if self.auto_batch:
+            source = ("cached" if self.auto_batch.get("from_cache")
+                      else f"swept in {self.auto_batch.get('seconds', 0):.1f} s")
+            lines.append(f"  max_batch_size auto -> {self.max_batch_size} ({source} on "
+                         f"{self.auto_batch.get('device')})")
         for reason, count in sorted(self.failure_reasons.items(), key=lambda kv: -kv[1]):
             lines.append(f"  {count} x {reason}: {self.failure_examples.get(reason, '')}")
         return "\n".join(lines)
@@ -99,12 +106,44 @@ def build_dataset(
     """
     source = resolve_input(job)
     plan = plan or current_plan(job)
+    job, _ = resolve_batch_sizes(job, plan)
     rows = JobInput(job, source, plan.read_num_cpus).dataset(skip)
     if rows is None:
         import ray.data
 
         return ray.data.from_items([])
     return _add_stages(job, source, plan, rows)
+
+
+def resolve_batch_sizes(job: JobConfig, plan: StagePlan) -> tuple[JobConfig, dict | None]:
+    """The job with `auto` batch sizes replaced by numbers, and how they were picked.
+
+    The spec's `max_batch_size: auto` is resolved once, on a model actor's resources (its
+    device, its torch threads), before the pipeline starts: every actor then runs the same
+    size, and the summary can say which (the sweep's cache makes the next run's look-up cheap).
+    """
+    spec, choice = job.spec, None
+    if spec.max_batch_size == "auto":
+        import ray
+
+        task = ray.remote(num_cpus=plan.model_num_cpus, num_gpus=plan.model_num_gpus,
+                          max_retries=0)(_pick_batch_size)
+        choice = ray.get(task.remote(spec, job.torch_threads, plan.model_actors))
+        spec = spec.model_copy(update={"max_batch_size": choice["size"]})
+        logger.info("%s job: max_batch_size auto -> %d", job.job, choice["size"])
+    batch = spec.max_batch_size if job.batch_size == "auto" else job.batch_size
+    if spec is job.spec and batch == job.batch_size:
+        return job, None
+    return job.model_copy(update={"spec": spec, "batch_size": batch}), choice
+
+
+def _pick_batch_size(spec, torch_threads: int | None, model_actors: int) -> dict:
+    """Load the model as a model actor would and resolve `max_batch_size: auto`."""
+    from batch_jobs.stages import set_torch_threads
+    from raysight.engines import build_engine
+
+    set_torch_threads(torch_threads, model_actors)
+    return build_engine(spec).batch_choice.as_dict()
 
 
 def _add_stages(job: JobConfig, source: InputSource, plan: StagePlan, dataset) -> "ray.data.Dataset":
@@ -156,6 +195,7 @@ def run_job(job: JobConfig) -> JobSummary:
     ensure_ray(job.ray_address)
     plan = current_plan(job)
     logger.info("%s job plan: %s", job.job, plan.describe())
+    job, choice = resolve_batch_sizes(job, plan)
     source = resolve_input(job)
     job_input = JobInput(job, source, plan.read_num_cpus)
     key = job_input.key
@@ -171,6 +211,8 @@ def run_job(job: JobConfig) -> JobSummary:
     seconds = time.perf_counter() - started
     summary = _summarise(job, sink.write_returns, skipped=len(done), seconds=seconds,
                          output_rows=len(folder.read_column(key)), plan=plan)
+    summary.max_batch_size = job.spec.max_batch_size
+    summary.auto_batch = choice
     folder.write_json(SUMMARY_FILE, json.loads(summary.to_json()))
     return summary
 

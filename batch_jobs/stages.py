@@ -127,7 +127,7 @@ class ModelStage:
     def __init__(self, job: JobConfig, model_actors: int = 1):
         from raysight.engines import build_engine
 
-        _set_torch_threads(job.torch_threads, model_actors)
+        set_torch_threads(job.torch_threads, model_actors)
         self.job = job
         self.task = job_named(job.job)
         self.engine = build_engine(job.spec)
@@ -165,7 +165,7 @@ def _check_engine_task(engine, job: JobConfig) -> None:
         )
 
 
-def _set_torch_threads(threads: int | None, model_actors: int) -> None:
+def set_torch_threads(threads: int | None, model_actors: int) -> None:
     """Set torch's threads from the plan, not from what Ray's reservation implies.
 
     Ray sets OMP_NUM_THREADS=1 in actors that reserve under one CPU, while a bare torch takes

@@ -1,6 +1,10 @@
 """Batch-size sweep: the engine's forward (preprocessed inputs, no HTTP) at each batch
 size. The benchmark CLIP's best size is the max_batch_size the online and offline runs use;
-the built-in shapes-clip's best is the max_batch_size serve_app/config.yaml gives it."""
+the built-in shapes-clip's best is the max_batch_size serve_app/config.yaml gives it.
+
+It also checks `max_batch_size: auto` (raysight/autobatch.py): the start-up sweep runs on the
+same engine first, and its pick is measured with the other sizes, so the pick's throughput
+is compared with the best size's in the same run (target: within 5%)."""
 
 from __future__ import annotations
 
@@ -25,9 +29,11 @@ def batch_sweep(folder: str, settings: BenchSettings, log: Callable[[str], None]
     """
     runner = EngineRunner(folder, max(settings.sweep_batches))
     window_s = settings.sweep_window_s if window_s is None else window_s
-    figures: dict[int, list[float]] = {size: [] for size in settings.sweep_batches}
+    auto = auto_pick(runner.engine, max(settings.sweep_batches))
+    sizes = tuple(sorted(set(settings.sweep_batches) | {auto.size}))
+    figures: dict[int, list[float]] = {size: [] for size in sizes}
     for repeat in range(settings.repeats):
-        order = settings.sweep_batches if repeat % 2 == 0 else settings.sweep_batches[::-1]
+        order = sizes if repeat % 2 == 0 else sizes[::-1]
         for size in order:
             figures[size].append(runner.measure(size, window_s, forward_only=True).items_per_s)
     medians = {size: statistics.median(values) for size, values in figures.items()}
@@ -36,6 +42,27 @@ def batch_sweep(folder: str, settings: BenchSettings, log: Callable[[str], None]
     rows = [median_row(SCENARIO, variant, "throughput", values, unit="img/s", batch=size)
             for size, values in figures.items()]
     rows.append(row(SCENARIO, variant, "best_batch", best))
+    auto_vs_best = round(medians[auto.size] / fastest, 3)
+    rows += [row(SCENARIO, variant, "auto_pick", auto.size, sweep_s=auto.seconds,
+                 sweep_throughput=auto.as_dict()["throughput"], stopped=auto.stopped),
+             row(SCENARIO, variant, "auto_vs_best", auto_vs_best)]
     log(f"  {variant}: " + ", ".join(f"batch {size}: {medians[size]:.1f} img/s"
                                      for size in medians) + f" -> best {best}")
+    log(f"  {variant}: auto picked {auto.size} in a {auto.seconds:.1f} s sweep; its "
+        f"throughput is {auto_vs_best:.3f} x the best size's here")
     return rows, best
+
+
+def auto_pick(engine, max_size: int):
+    """What `max_batch_size: auto` picks on this engine (its sweep, without the cache)."""
+    from raysight.autobatch import sweep
+
+    spec = engine.spec
+    engine.spec = spec.model_copy(update={
+        "max_batch_size": "auto",
+        "auto_batch": spec.auto_batch.model_copy(update={"max_size": max_size}),
+    })
+    try:
+        return sweep(engine)
+    finally:
+        engine.spec = spec

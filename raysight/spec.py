@@ -8,7 +8,7 @@ reference is generated from them).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -76,6 +76,31 @@ class ImageInputPolicy(_Frozen):
         return self
 
 
+class AutoBatchSettings(_Frozen):
+    """How `max_batch_size: auto` picks a batch size (raysight/autobatch.py)."""
+
+    max_size: int = Field(
+        64, gt=0, description="Largest batch the sweep tries (sizes 1, 2, 4, ... up to this)."
+    )
+    budget_s: float = Field(
+        5.0, gt=0, description="Seconds the sweep may take; it stops before a size that would "
+        "not fit in what is left."
+    )
+    tolerance: float = Field(
+        0.03, ge=0, lt=1, description="The pick is the smallest batch whose throughput is "
+        "within this fraction of the best size's (a bigger batch past that point only adds "
+        "latency)."
+    )
+    cache_file: str | None = Field(
+        None, description="JSON file the picks are kept in, keyed by model (source and file "
+        "fingerprint), device, dtype and task, so the next start skips the sweep. Default: "
+        "$XDG_CACHE_HOME/raysight/batch_sizes.json (~/.cache/...)."
+    )
+
+
+BatchSize = Annotated[int, Field(gt=0)]
+
+
 class GenerationDefaults(_Frozen):
     """Sampling settings used when a request does not give its own."""
 
@@ -130,7 +155,15 @@ class ModelSpec(_Frozen):
     trust_remote_code: bool = Field(
         False, description="Allow code shipped with the model to run. Off unless you trust it."
     )
-    max_batch_size: int = Field(8, gt=0, description="Most items one forward/generate takes.")
+    max_batch_size: BatchSize | Literal["auto"] = Field(
+        8,
+        description="Most items one forward/generate takes. 'auto': a short sweep on the "
+        "device at start-up picks it (see auto_batch), cached per model and device; the pick "
+        "is logged and shown in /v1/models and a job's summary.",
+    )
+    auto_batch: AutoBatchSettings = Field(
+        default_factory=AutoBatchSettings, description="The sweep of max_batch_size: auto."
+    )
     batch_wait_timeout_s: float = Field(
         0.005,
         ge=0,
@@ -193,12 +226,31 @@ class ModelSpec(_Frozen):
             return value
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}")
 
+    @field_validator("max_batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, value: object) -> object:
+        if value == "auto":
+            return value
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+        raise ValueError(f"max_batch_size must be a whole number above 0 or 'auto', got {value!r}")
+
     @field_validator("model")
     @classmethod
     def _model_not_empty(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("model must name a Hugging Face id, a local folder or builtin:NAME")
         return absolute_if_exists(value)  # a relative folder means the same in every process
+
+    @property
+    def batch_limit(self) -> int:
+        """The most items a batch may hold: max_batch_size, or the sweep's largest size
+        while `auto` is not resolved yet (a replica sizes its queue before it loads)."""
+        if self.max_batch_size == "auto":
+            return self.auto_batch.max_size
+        return self.max_batch_size
 
     @property
     def served_name(self) -> str:

@@ -24,7 +24,8 @@ def add_spec_arguments(parser: argparse.ArgumentParser, *, multiple: bool = Fals
                         help="a ModelSpec YAML file (instead of --model)")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
-    parser.add_argument("--max-batch-size", type=int)
+    parser.add_argument("--max-batch-size", metavar="N|auto",
+                        help="most items per forward, or 'auto' (a start-up sweep picks it)")
 
 
 def spec_from_arguments(args: argparse.Namespace, model: str | None = None,

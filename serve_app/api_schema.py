@@ -73,6 +73,12 @@ class ModelCard(BaseModel):
     root: str = Field(description="Where the model comes from (a hub id, folder or builtin:).")
     task: Literal["generate", "embed"] | None = Field(
         None, description="Absent while the model is still loading.")
+    max_batch_size: int | None = Field(
+        None, description="Most items one forward takes (absent while loading); with "
+        "`max_batch_size: auto`, the size the start-up sweep picked.")
+    max_batch_size_auto: dict[str, Any] | None = Field(
+        None, description="With `max_batch_size: auto`: how the size was picked (size, "
+        "from_cache, device, items/s per swept size, seconds, why the sweep stopped).")
 
 
 class ModelList(BaseModel):

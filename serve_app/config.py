@@ -61,7 +61,8 @@ class DeploymentOptions(_Frozen):
         gt=0,
         description="Requests one replica holds at once (being prepared, waiting for a batch "
         "or in the running batch); must be >= max_batch_size or batches never fill. Default: "
-        "2 x max_batch_size (a full batch forms while another runs), and at least 32: a "
+        "2 x max_batch_size (2 x auto_batch.max_size with max_batch_size: auto; a full batch "
+        "forms while another runs), and at least 32: a "
         "request waiting in the replica joins the next batch the moment the model is free, "
         "while one waiting in Serve's router for a full replica is retried with a backoff "
         "of up to 0.5 s.",
@@ -114,10 +115,10 @@ class ServedModel(_Frozen):
 
     @model_validator(mode="after")
     def _room_for_a_batch(self) -> "ServedModel":
-        if self.max_ongoing_requests < self.spec.max_batch_size:
+        if self.max_ongoing_requests < self.spec.batch_limit:
             raise ValueError(
                 f"deployment.max_ongoing_requests ({self.max_ongoing_requests}) is below "
-                f"max_batch_size ({self.spec.max_batch_size}): a replica could never fill a "
+                f"max_batch_size ({self.spec.batch_limit}): a replica could never fill a "
                 "batch; raise max_ongoing_requests to at least max_batch_size (2x is better)"
             )
         return self
@@ -128,7 +129,7 @@ class ServedModel(_Frozen):
 
     @property
     def max_ongoing_requests(self) -> int:
-        return self.deployment.max_ongoing_requests or max(2 * self.spec.max_batch_size,
+        return self.deployment.max_ongoing_requests or max(2 * self.spec.batch_limit,
                                                            MIN_ONGOING_REQUESTS)
 
 

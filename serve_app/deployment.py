@@ -70,6 +70,8 @@ class ModelServer:
 
             use_cores(torch_threads)
             engine = build_engine(spec)
+        # With `max_batch_size: auto` the engine's spec holds the size its sweep picked.
+        spec = getattr(engine, "spec", spec)
         self.spec = spec
         self.name = spec.served_name
         self.engine = engine
@@ -92,6 +94,9 @@ class ModelServer:
             "task": self.engine.task,
             "max_batch_size": self.spec.max_batch_size,
         }
+        choice = getattr(self.engine, "batch_choice", None)
+        if choice is not None:
+            info["max_batch_size_auto"] = choice.as_dict()
         dim = getattr(getattr(self.engine.model, "config", None), "projection_dim", None)
         if self.engine.task == "embed" and dim:
             info["dim"] = int(dim)

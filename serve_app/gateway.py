@@ -154,6 +154,9 @@ class Gateway:
             try:
                 info = await asyncio.wait_for(self.info(served.name), READY_TIMEOUT_S)
                 entry["task"] = info["task"]
+                for key in ("max_batch_size", "max_batch_size_auto"):
+                    if key in info:
+                        entry[key] = info[key]
             except Exception:  # noqa: BLE001 - a model still loading is listed without task
                 pass
             data.append(entry)

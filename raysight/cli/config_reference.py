@@ -13,7 +13,7 @@ import json
 
 from pydantic import BaseModel
 
-from raysight.spec import GenerationDefaults, ImageInputPolicy, ModelSpec
+from raysight.spec import AutoBatchSettings, GenerationDefaults, ImageInputPolicy, ModelSpec
 
 
 def _default(field) -> str:
@@ -47,6 +47,7 @@ def _sections() -> list[tuple[str, str, type[BaseModel], str]]:
          "file, `--config`, or the `--model` flags).", ModelSpec, ""),
         ("ModelSpec.generation", "", GenerationDefaults, "generation."),
         ("ModelSpec.images", "", ImageInputPolicy, "images."),
+        ("ModelSpec.auto_batch", "", AutoBatchSettings, "auto_batch."),
         ("ServeConfig", "The Serve app (`raysight serve --serve-config FILE`, or the `args` of "
          "`serve_app/config.yaml` for `serve run`).", ServeConfig, ""),
         ("ServeConfig.models[]", "Each entry is written flat: the ModelSpec fields above, plus "

@@ -1,0 +1,299 @@
+"""`max_batch_size: auto`: a short sweep on the device picks the batch size, once per model
+and device.
+
+The sweep runs the engine's own `infer` + `postprocess` on made-up images (noise, each one
+different, so no cache answers) at batch sizes 1, 2, 4, ... up to `auto_batch.max_size`,
+within `auto_batch.budget_s`. Past some size a bigger batch buys no throughput (the device is
+busy) and only adds latency, so the pick is the smallest size whose throughput is within
+`auto_batch.tolerance` of the best; a size that runs out of memory ends the sweep. The pick
+is kept in a small JSON file keyed by the model (source and a fingerprint of its files), the
+device, dtype and task, so the next start on the same device reads it instead of sweeping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from raysight.errors import RaysightError
+
+logger = logging.getLogger(__name__)
+
+_SWEEP_IMAGE_SIDE = 256
+_SWEEP_NEW_TOKENS = 8
+
+
+@dataclass(frozen=True)
+class BatchChoice:
+    """What `auto` picked, and from what: items/s per swept size (empty from the cache)."""
+
+    size: int
+    from_cache: bool
+    device: str
+    throughput: dict[int, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    stopped: str = ""  # why the sweep stopped before max_size ("" when it reached it)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["throughput"] = {str(size): rate for size, rate in self.throughput.items()}
+        return data
+
+    def describe(self) -> str:
+        if self.from_cache:
+            return f"max_batch_size auto -> {self.size} (cached for {self.device})"
+        rates = ", ".join(f"{size}: {rate:.1f}" for size, rate in self.throughput.items())
+        return (f"max_batch_size auto -> {self.size} on {self.device} after a "
+                f"{self.seconds:.1f} s sweep (items/s by batch {rates})")
+
+
+def pick_size(throughput: dict[int, float], tolerance: float) -> int:
+    """The smallest size whose throughput is within `tolerance` of the best."""
+    if not throughput:
+        raise ValueError("no batch size was measured")
+    best = max(throughput.values())
+    return min(size for size, rate in throughput.items() if rate >= (1 - tolerance) * best)
+
+
+def sweep_sizes(max_size: int) -> list[int]:
+    """1, 2, 4, ... below max_size, then max_size itself."""
+    sizes, size = [], 1
+    while size < max_size:
+        sizes.append(size)
+        size *= 2
+    return sizes + [max_size]
+
+
+# -- the cache ---------------------------------------------------------------------------
+def default_cache_file() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "raysight" / "batch_sizes.json"
+
+
+def device_name(device: str) -> str:
+    """The device as the pick depends on it: the GPU's name, or the CPU's model and the
+    torch threads this process runs with."""
+    import torch
+
+    if device.startswith("cuda"):
+        index = torch.device(device).index or 0
+        return f"{device}:{torch.cuda.get_device_name(index)}"
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            model = next((line.split(":", 1)[1].strip() for line in handle
+                          if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"cpu:{model or 'unknown'}:{torch.get_num_threads()} threads"
+
+
+def model_fingerprint(source: str, revision: str | None) -> str:
+    """Changes when a local model's files change (names, sizes, modification times); a hub
+    id is fingerprinted by its name and revision."""
+    folder = Path(source)
+    parts = [source, revision or ""]
+    if folder.is_dir():
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                stat = path.stat()
+                parts.append(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def cache_key(spec, source: str, task: str, device: str, dtype) -> str:
+    settings = spec.auto_batch
+    return json.dumps({
+        "model": source,
+        "files": model_fingerprint(source, spec.revision),
+        "task": task,
+        "device": device_name(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "max_size": settings.max_size,
+        "tolerance": settings.tolerance,
+    }, sort_keys=True)
+
+
+def _cache_path(spec) -> Path:
+    return Path(spec.auto_batch.cache_file) if spec.auto_batch.cache_file else default_cache_file()
+
+
+def read_cached(spec, key: str) -> dict | None:
+    try:
+        entries = json.loads(_cache_path(spec).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    entry = entries.get(key) if isinstance(entries, dict) else None
+    return entry if isinstance(entry, dict) and isinstance(entry.get("size"), int) else None
+
+
+def write_cached(spec, key: str, choice: BatchChoice) -> None:
+    """Add the pick to the cache file (a replace, so a reader never sees half a file)."""
+    path = _cache_path(spec)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            entries = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            entries = {}
+        entries = entries if isinstance(entries, dict) else {}
+        entries[key] = {"size": choice.size, "throughput": choice.as_dict()["throughput"],
+                        "device": choice.device, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                     time.gmtime())}
+        scratch = path.with_name(f".{path.name}.{os.getpid()}")
+        scratch.write_text(json.dumps(entries, indent=1, sort_keys=True), encoding="utf-8")
+        os.replace(scratch, path)
+    except OSError as exc:  # a read-only home: the next start sweeps again
+        logger.warning("could not keep the batch size pick in %s: %s", path, exc)
+
+
+# -- the sweep ---------------------------------------------------------------------------
+def resolve_batch_size(engine) -> BatchChoice | None:
+    """Resolve `max_batch_size: auto` for a loaded engine, in place: its spec gets the pick.
+    None when the spec names a size."""
+    spec = engine.spec
+    if spec.max_batch_size != "auto":
+        return None
+    key = cache_key(spec, _source(spec), engine.task, engine.device, engine.dtype)
+    cached = read_cached(spec, key)
+    if cached is not None:
+        choice = BatchChoice(size=min(cached["size"], spec.auto_batch.max_size),
+                             from_cache=True, device=device_name(engine.device))
+    else:
+        choice = sweep(engine)
+        write_cached(spec, key, choice)
+    engine.spec = spec.model_copy(update={"max_batch_size": choice.size})
+    engine.loaded = dataclasses.replace(engine.loaded, spec=engine.spec)
+    engine.batch_choice = choice
+    logger.info("%s: %s", spec.model, choice.describe())
+    return choice
+
+
+def _source(spec) -> str:
+    from raysight.loading import resolve_source
+
+    return resolve_source(spec)
+
+
+def sweep(engine) -> BatchChoice:
+    """Items/s of the engine at each size within the budget, and the pick."""
+    settings = engine.spec.auto_batch
+    sizes = sweep_sizes(settings.max_size)
+    prepared = _sample_items(engine, settings.max_size)
+    original, features = engine.spec, getattr(engine, "image_features", None)
+    throughput: dict[int, float] = {}
+    stopped = ""
+    if features is not None:
+        engine.image_features = None  # the vision cache would answer every repeat
+    # The first forward of a process pays for lazy set-up (allocators, kernels); not a size's.
+    engine.spec = original.model_copy(update={"max_batch_size": 1})
+    try:
+        _run_batch(engine, prepared[:1])
+    finally:
+        engine.spec = original
+    started = time.perf_counter()
+    window = settings.budget_s / (2 * len(sizes))
+    try:
+        for size in sizes:
+            spent = time.perf_counter() - started
+            if throughput:
+                # A warm-up and at least one timed call, at the best rate seen so far.
+                expected = 2 * size / max(throughput.values())
+                if spent + expected > settings.budget_s:
+                    stopped = f"budget of {settings.budget_s:g} s reached"
+                    break
+            engine.spec = original.model_copy(update={"max_batch_size": size})
+            try:
+                throughput[size] = _rate(engine, prepared[:size], window)
+            except _OutOfMemory as exc:
+                stopped = f"batch {size} ran out of memory ({exc})"
+                break
+    finally:
+        engine.spec = original
+        if features is not None:
+            engine.image_features = features
+    if not throughput:
+        raise RaysightError(f"max_batch_size auto: the sweep could not run one batch: {stopped}")
+    size = pick_size(throughput, settings.tolerance)
+    return BatchChoice(size=size, from_cache=False, device=device_name(engine.device),
+                       throughput={s: round(r, 2) for s, r in throughput.items()},
+                       seconds=round(time.perf_counter() - started, 2), stopped=stopped)
+
+
+class _OutOfMemory(Exception):
+    pass
+
+
+def _rate(engine, items: list, window_s: float) -> float:
+    """Items/s of one batch of `items` run again and again for `window_s` (after a warm-up)."""
+    _run_batch(engine, items)
+    count, started = 0, time.perf_counter()
+    while count == 0 or time.perf_counter() - started < window_s:
+        _run_batch(engine, items)
+        count += len(items)
+    return count / (time.perf_counter() - started)
+
+
+def _run_batch(engine, items: list) -> None:
+    """One infer + postprocess; out of memory is raised as such (the engine's own
+    per-item isolation would hide it), any item error fails the sweep."""
+    import torch
+
+    try:
+        outputs = engine.infer(items)
+    except torch.OutOfMemoryError as exc:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise _OutOfMemory(str(exc).splitlines()[0]) from None
+    except RuntimeError as exc:
+        if "out of memory" not in str(exc):
+            raise
+        raise _OutOfMemory(str(exc).splitlines()[0]) from None
+    for output in outputs:
+        if isinstance(output, RaysightError):
+            raise RaysightError(f"max_batch_size auto: a sweep item failed: {output.message}")
+        engine.postprocess(output)
+
+
+def _sample_items(engine, count: int) -> list:
+    """`count` prepared items of distinct noise images, as the engine's task takes them."""
+    import numpy as np
+    from PIL import Image
+
+    generator = np.random.default_rng(0)
+    items = []
+    for _ in range(count):
+        pixels = generator.integers(0, 256, (_SWEEP_IMAGE_SIDE, _SWEEP_IMAGE_SIDE, 3), np.uint8)
+        request = _sample_request(engine, Image.fromarray(pixels))
+        items.append(_uncached(engine.preprocess(request)))
+    return items
+
+
+def _uncached(item):
+    """The item without the keys a cache would answer it by: the sweep runs each batch
+    several times and must time the model, not a cache."""
+    changes = {name: None for name in ("image_key", "response_key") if hasattr(item, name)}
+    inputs = getattr(item, "inputs", None)
+    if inputs is not None and getattr(inputs, "image_keys", ()):
+        changes["inputs"] = dataclasses.replace(inputs, image_keys=())
+    return dataclasses.replace(item, **changes) if changes else item
+
+
+def _sample_request(engine, image):
+    if engine.task == "embed":
+        from raysight.engines.embed import EmbedRequest
+
+        return EmbedRequest(image=image)
+    from raysight.engines.generate import GenerateRequest
+
+    # Every row generates the same number of tokens, so sizes compare like with like.
+    return GenerateRequest.from_prompt("Describe the image.", image,
+                                       max_new_tokens=_SWEEP_NEW_TOKENS,
+                                       min_new_tokens=_SWEEP_NEW_TOKENS)
