@@ -23,6 +23,7 @@ class BenchSettings:
     chat_batch_wait_s: float | None = None  # the ModelSpec's batch_wait_timeout_s if None
     sweep_batches: tuple[int, ...] = (1, 4, 8, 16, 32, 64)
     sweep_window_s: float = 1.0
+    auto_sweep_budget_s: float = 5.0  # max_batch_size: auto's own sweep (auto_batch.budget_s)
     offline_images: int = 5000
     offline_repeats: int = 1  # passes of the job: one over 5,000 images takes ~5 minutes
     offline_loop_segment_s: float = 8.0  # the plain loop's repeats: stretches this long
@@ -41,6 +42,7 @@ FULL = BenchSettings()
 QUICK = BenchSettings(
     quick=True, repeats=1, embed_clients=(1, 8), chat_clients=(1, 8), embed_window_s=0.5,
     chat_window_s=0.5, new_tokens=8, chat_max_batch_size=8,
-    sweep_batches=(1, 8), sweep_window_s=0.2, offline_images=64, offline_loop_segment_s=1.0,
+    sweep_batches=(1, 8), sweep_window_s=0.2, auto_sweep_budget_s=1.0, offline_images=64,
+    offline_loop_segment_s=1.0,
     cold_start_repeats=1, serve_batch_clients=8, serve_batch_window_s=0.5,
 )

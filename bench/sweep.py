@@ -29,7 +29,7 @@ def batch_sweep(folder: str, settings: BenchSettings, log: Callable[[str], None]
     """
     runner = EngineRunner(folder, max(settings.sweep_batches))
     window_s = settings.sweep_window_s if window_s is None else window_s
-    auto = auto_pick(runner.engine, max(settings.sweep_batches))
+    auto = auto_pick(runner.engine, max(settings.sweep_batches), settings.auto_sweep_budget_s)
     sizes = tuple(sorted(set(settings.sweep_batches) | {auto.size}))
     figures: dict[int, list[float]] = {size: [] for size in sizes}
     for repeat in range(settings.repeats):
@@ -53,14 +53,15 @@ def batch_sweep(folder: str, settings: BenchSettings, log: Callable[[str], None]
     return rows, best
 
 
-def auto_pick(engine, max_size: int):
+def auto_pick(engine, max_size: int, budget_s: float):
     """What `max_batch_size: auto` picks on this engine (its sweep, without the cache)."""
     from raysight.autobatch import sweep
 
     spec = engine.spec
     engine.spec = spec.model_copy(update={
         "max_batch_size": "auto",
-        "auto_batch": spec.auto_batch.model_copy(update={"max_size": max_size}),
+        "auto_batch": spec.auto_batch.model_copy(update={"max_size": max_size,
+                                                          "budget_s": budget_s}),
     })
     try:
         return sweep(engine)
