@@ -113,9 +113,13 @@ class JobConfig(BaseModel):
     @field_validator("batch_size", mode="before")
     @classmethod
     def _batch_size(cls, value: object) -> object:
+        if value == "auto":
+            return value
         if isinstance(value, str) and value.strip().isdigit():
-            return int(value)
-        return value
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+        raise ValueError(f"batch_size must be a whole number above 0 or 'auto', got {value!r}")
 
     @field_validator("input", "output", "image_root")
     @classmethod

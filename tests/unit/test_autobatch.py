@@ -29,6 +29,16 @@ def test_a_wrong_max_batch_size_is_explained(value):
         ModelSpec.from_mapping({"model": "m", "max_batch_size": value})
 
 
+def test_a_job_takes_auto_or_a_positive_batch_size():
+    from batch_jobs.config import job_config_for
+
+    assert job_config_for("embed", "m", "/in", batch_size="auto").batch_size == "auto"
+    assert job_config_for("embed", "m", "/in", batch_size="12").batch_size == 12
+    for wrong in ("big", 0):
+        with pytest.raises(ConfigError, match="batch_size must be a whole number above 0"):
+            job_config_for("embed", "m", "/in", batch_size=wrong)
+
+
 def test_auto_sizes_the_replica_queue_for_the_largest_swept_batch():
     spec = ModelSpec(model="m", max_batch_size="auto", auto_batch={"max_size": 40})
     assert spec.batch_limit == 40
