@@ -5,7 +5,9 @@ A pickle per row, because what a family prepares differs in keys, shapes and dty
 pixel_values [1, 3, H, W]; Qwen2-VL: flattened patches, image_grid_thw and input_ids of any
 length) and carries the engine's sampling fields and batch group. One binary column holds all
 of them, and pickling torch tensors keeps values and dtypes exactly, so the model stage
-answers what the online engine would. Both ends are this job's own stages.
+answers what the online engine would. Pixels travel as uint8, resized but not yet normalised
+(raysight/pixels.py): a 224 px image is ~151 KB a row instead of ~603 KB as float32. Both
+ends are this job's own stages.
 """
 
 from __future__ import annotations
