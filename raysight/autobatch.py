@@ -224,6 +224,11 @@ def sweep(engine) -> BatchChoice:
     if not throughput:
         raise RaysightError(f"max_batch_size auto: the sweep could not run one batch: {stopped}")
     size = pick_size(throughput, settings.tolerance)
+    if stopped.startswith("budget") and size == max(throughput):
+        # Still growing when the budget ran out: a bigger size may well be faster.
+        logger.warning("max_batch_size auto: the %g s budget ran out at batch %d while the "
+                       "throughput still grew; raise auto_batch.budget_s or set "
+                       "max_batch_size for this device", settings.budget_s, max(throughput))
     return BatchChoice(size=size, from_cache=False, device=device_name(engine.device),
                        throughput={s: round(r, 2) for s, r in throughput.items()},
                        seconds=round(time.perf_counter() - started, 2), stopped=stopped)
