@@ -67,8 +67,16 @@ _GROUPS = (
     ("bench.flask_server", "flask (idle)"),
     ("(ModelStage)", "job model actor"),
     ("(PreprocessStage)", "job preprocess actor"),
+    ("reference_server", "reference server"),
+    ("gcs_server", "ray gcs"),
+    ("raylet", "ray raylet"),
+    ("dashboard", "ray dashboard"),
     ("ray", "other ray processes"),
 )
+# Processes of this run that are not the model's replica: what serving costs on top of it.
+SERVE_OVERHEAD_GROUPS = ("serve ingress", "serve proxy", "serve controller", "ray gcs",
+                         "ray raylet", "ray dashboard", "other ray processes")
+NOT_THIS_RUN = "not this run"
 
 
 def _process_group(command: str, me: int, pid: int) -> str:
@@ -77,10 +85,38 @@ def _process_group(command: str, me: int, pid: int) -> str:
     return next((group for needle, group in _GROUPS if needle in command), "other")
 
 
+def _descendants(parents: dict[int, int], root: int) -> set[int]:
+    """`root` and every process below it (the Ray it started, the servers it spawned)."""
+    children: dict[int, list[int]] = defaultdict(list)
+    for pid, parent in parents.items():
+        children[parent].append(pid)
+    found, stack = set(), [root]
+    while stack:
+        pid = stack.pop()
+        if pid not in found:
+            found.add(pid)
+            stack.extend(children.get(pid, ()))
+    return found
+
+
 def _cpu_seconds() -> dict[int, tuple[str, float]]:
-    """pid -> (command line, user+system CPU seconds) of every process /proc shows."""
+    """pid -> (command line, user+system CPU seconds) of every process of this run (this
+    process and those below it); the rest of the machine's CPU is one entry, pid 0,
+    under NOT_THIS_RUN (on a shared machine other users' Ray processes look alike)."""
+    everything = _all_cpu_seconds()
+    mine = _descendants({pid: parent for pid, (_, _, parent) in everything.items()},
+                        os.getpid())
+    found = {pid: (command, seconds) for pid, (command, seconds, _) in everything.items()
+             if pid in mine}
+    found[0] = (NOT_THIS_RUN, sum(seconds for pid, (_, seconds, _) in everything.items()
+                                  if pid not in mine))
+    return found
+
+
+def _all_cpu_seconds() -> dict[int, tuple[str, float, int]]:
+    """pid -> (command line, user+system CPU seconds, parent pid) of every process."""
     ticks = os.sysconf("SC_CLK_TCK")
-    found: dict[int, tuple[str, float]] = {}
+    found: dict[int, tuple[str, float, int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -90,7 +126,8 @@ def _cpu_seconds() -> dict[int, tuple[str, float]]:
         except OSError:  # the process ended while we looked
             continue
         fields = stat.rsplit(")", 1)[1].split()
-        found[int(entry.name)] = (command, (int(fields[11]) + int(fields[12])) / ticks)
+        found[int(entry.name)] = (command, (int(fields[11]) + int(fields[12])) / ticks,
+                                  int(fields[1]))
     return found
 
 
@@ -99,7 +136,7 @@ def _remember(seen: dict[int, tuple[str, float]], now: dict[int, tuple[str, floa
     """Fold one look at /proc into `seen` (pid -> group, CPU seconds). A process keeps the
     first specific group it was seen in: Ray renames a worker whose actor has ended."""
     for pid, (command, seconds) in now.items():
-        group = _process_group(command, me, pid)
+        group = NOT_THIS_RUN if pid == 0 else _process_group(command, me, pid)
         earlier = seen.get(pid)
         if earlier is not None and group in ("other ray processes", "other"):
             group = earlier[0]

@@ -1,5 +1,6 @@
 """Online scenarios: raysight over HTTP against the model's ceiling (the engine in this
-process, batched, no HTTP), the Flask baseline, and raysight with max_batch_size=1.
+process, batched, no HTTP), the single-process batching reference (embeddings; bench/
+reference_server.py), the Flask baseline, and raysight with max_batch_size=1.
 
 At each client count the variants run one after another, within a minute or two, so load
 from anything else on the machine falls on all of them much alike. Each HTTP variant's
@@ -9,20 +10,22 @@ warm-up and a final wait per repeat would cost minutes at 32 clients of a slow s
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
-from bench.bounds import cpu_split, generation_split
+from bench.bounds import SERVE_OVERHEAD_GROUPS, cpu_split, generation_split
 from bench.inprocess import EngineRunner, Measured
 from bench.loadgen import Load, LoadGenerator
-from bench.report import median_row
-from bench.servers import flask_server, raysight_server
+from bench.report import find, median_row, row
+from bench.servers import MBS1_PREFIX, flask_server, raysight_server, reference_server
 from bench.settings import BenchSettings
 
 Measure = Callable[[int, float], dict]  # (clients, seconds) -> figures
 
 
 def _http(loadgen: LoadGenerator, url: str, path: str, model: str,
-          settings: BenchSettings) -> Measure:
+          settings: BenchSettings, answered: list[int] | None = None) -> Measure:
+    """A closed-loop HTTP measure; each run's count of answers is appended to `answered`."""
     def measure(clients: int, seconds: float) -> list[dict]:
         load = Load(url=url, path=path, model=model, clients=clients, seconds=seconds,
                     windows=settings.repeats, max_tokens=settings.new_tokens,
@@ -30,6 +33,8 @@ def _http(loadgen: LoadGenerator, url: str, path: str, model: str,
         result = loadgen.run(load)
         if set(result["statuses"]) != {"200"}:
             raise RuntimeError(f"{url}{path} ({model}) answered {result['statuses']}")
+        if answered is not None:
+            answered.append(result["statuses"]["200"])
         return result["windows"]
 
     return measure
@@ -80,35 +85,69 @@ def compare(scenario: str, variants: dict[str, Measure], clients_list: tuple[int
 
 def online_embeddings(folder: str, max_batch_size: int, settings: BenchSettings,
                       log: Callable[[str], None]) -> list[dict]:
-    """/v1/embeddings, one image per request, at settings.embed_clients."""
+    """/v1/embeddings, one image per request, at settings.embed_clients: raysight, the
+    in-process ceiling, the single-process batching reference, Flask, and raysight at
+    max_batch_size 1."""
     runner = EngineRunner(folder, max_batch_size)
     path = "/v1/embeddings"
     with LoadGenerator() as loadgen, flask_server(folder, "embed") as flask, \
+            reference_server(folder, max_batch_size) as reference, \
             raysight_server(folder, "clip", max_batch_size, settings.max_clients) as serve_url:
         flask_url = flask.ready()  # it loaded its model while Serve started
-        raysight = _http(loadgen, serve_url, path, "clip", settings)
-        # At the target's 32 clients, also see where the cores go while raysight serves.
+        reference_url = reference.ready()
+        answered: list[int] = []
+        raysight = _http(loadgen, serve_url, path, "clip", settings, answered)
+        # At the target's 32 clients, also see where the cores go while raysight serves,
+        # and what each request costs outside the model's replica.
         split_at = 32 if 32 in settings.embed_clients else max(settings.embed_clients)
         split: list[dict] = []
 
         def raysight_with_split(clients: int, seconds: float) -> list[dict]:
             if clients != split_at:
                 return raysight(clients, seconds)
+            began = time.perf_counter()
             rows, figures = cpu_split(lambda: raysight(clients, seconds), clients=clients)
             split.extend(rows)
+            split.append(_cpu_outside_replica(rows, time.perf_counter() - began, answered[-1],
+                                              clients))
             log("  cores while raysight serves: " + ", ".join(
                 f"{r['variant']} {r['value']:.2f}" for r in rows))
+            log(f"  CPU per request outside the model replica: {split[-1]['value']:.1f} ms")
             return figures
 
         variants = {
             "raysight": raysight_with_split,
             "ceiling": _ceiling(runner, max_batch_size, settings.repeats),
+            "reference": _http(loadgen, reference_url, path, "clip", settings),
             "flask": _http(loadgen, flask_url, path, "clip", settings),
-            "raysight_mbs1": _http(loadgen, serve_url, path, "clip-mbs1", settings),
+            "raysight_mbs1": _http(loadgen, serve_url + MBS1_PREFIX, path, "clip-mbs1",
+                                   settings),
         }
         rows = compare("online_embeddings", variants, settings.embed_clients,
                        settings.embed_window_s, "requests_per_s", "throughput", "img/s", log)
-        return rows + split
+        return rows + split + _latency_over_ceiling(rows, min(settings.embed_clients))
+
+
+def _cpu_outside_replica(split: list[dict], wall_s: float, requests: int,
+                         clients: int) -> dict:
+    """CPU-ms per request of this run's Serve and Ray processes other than the model's
+    replica (proxy, ingress if any, controller, GCS, raylet, dashboard agent, Ray's other
+    helpers), from the cores they used over `wall_s` while `requests` were answered."""
+    cores = sum(r["value"] for r in split if r["variant"] in SERVE_OVERHEAD_GROUPS)
+    return row("online_embeddings", "raysight", "cpu_ms_outside_replica",
+               round(1000 * cores * wall_s / max(requests, 1), 2), unit="ms",
+               clients=clients, requests=requests)
+
+
+def _latency_over_ceiling(rows: list[dict], clients: int) -> list[dict]:
+    """raysight's p50 latency minus the in-process single request's (its batch p50), at
+    `clients` (1 in a full run)."""
+    served = find(rows, "online_embeddings", "raysight", "p50_ms", clients)
+    alone = find(rows, "online_embeddings", "ceiling", "p50_ms", clients)
+    if served is None or alone is None:
+        return []
+    return [row("online_embeddings", "raysight", "p50_over_ceiling_ms",
+                round(served - alone, 1), unit="ms", clients=clients)]
 
 
 def online_generation(folder: str, settings: BenchSettings,
@@ -126,7 +165,8 @@ def online_generation(folder: str, settings: BenchSettings,
             "raysight": _http(loadgen, serve_url, path, "vlm", settings),
             "ceiling": _ceiling(runner, max_batch_size, settings.repeats, ceiling_runs),
             "flask": _http(loadgen, flask_url, path, "vlm", settings),
-            "raysight_mbs1": _http(loadgen, serve_url, path, "vlm-mbs1", settings),
+            "raysight_mbs1": _http(loadgen, serve_url + MBS1_PREFIX, path, "vlm-mbs1",
+                                   settings),
         }
         rows = compare("online_generation", variants, settings.chat_clients,
                        settings.chat_window_s, "tokens_per_s", "tokens_per_s", "tok/s", log)

@@ -9,12 +9,14 @@ STYLE = {
     "raysight": dict(color="tab:blue", marker="o"),
     "ceiling": dict(color="black", marker="", linestyle="--"),
     "flask": dict(color="tab:red", marker="s"),
+    "reference": dict(color="tab:green", marker="D"),
     "raysight_mbs1": dict(color="tab:orange", marker="^"),
 }
 LABELS = {
     "raysight": "raysight (drain batcher)",
     "ceiling": "ceiling: engine in-process, batched",
     "flask": "Flask + ThreadPoolExecutor",
+    "reference": "single-process batching server (asyncio, no Ray)",
     "raysight_mbs1": "raysight, max_batch_size=1",
 }
 

@@ -155,6 +155,9 @@ def _ray_scenarios(chosen: set[str], embed: str, vlm: str, best: int,
                    timed: Callable[[str, Callable[[], list[dict]]], None]) -> None:
     import ray
 
+    from serve_app.proxy_edge import install
+
+    install()  # as `raysight serve` does before it starts its local Ray
     ray.init(address="local", log_to_driver=False, include_dashboard=False,
              configure_logging=False)
     try:

@@ -1,6 +1,6 @@
 """The servers under test, each a context manager yielding its base URL: raysight on Ray
-Serve (two deployments of one model: the configured max_batch_size and 1) and the Flask
-baseline in its own process."""
+Serve (an app per model: the configured max_batch_size, and the same model at 1), and in
+processes of their own the Flask baseline and the single-process batching reference."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from typing import Iterator
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+MBS1_PREFIX = "/mbs1"  # where raysight_server serves the max_batch_size=1 app
 
 
 def child_env() -> dict[str, str]:
@@ -54,7 +55,8 @@ def raysight_server(folder: str, name: str, max_batch_size: int, max_clients: in
                     num_gpus: float = 0.0, **spec_options) -> Iterator[str]:
     """raysight on the Ray this process runs: model `name` at `max_batch_size` (and
     `batch_wait_s`, default the ModelSpec's) and, `with_mbs1`, `name`-mbs1 at max_batch_size
-    1, both with the default deployment options but `num_gpus` per replica (0.5: the two
+    1 under the URL's MBS1_PREFIX, each an app of one model (as `raysight serve --model`
+    deploys one), both with the default deployment options but `num_gpus` per replica (0.5: the two
     share one GPU) and other ModelSpec fields in `spec_options`."""
     from ray import serve
 
@@ -68,21 +70,23 @@ def raysight_server(folder: str, name: str, max_batch_size: int, max_clients: in
     deployment = {"max_queued_requests": 4 * max_clients, "max_ongoing_requests": max_clients,
                   "num_gpus": num_gpus}
     wait = {} if batch_wait_s is None else {"batch_wait_timeout_s": batch_wait_s}
-    models = [
-        ServedModel(spec=ModelSpec(model=folder, name=name, max_batch_size=max_batch_size,
-                                   **wait, **spec_options),
-                    deployment=deployment),
-    ]
-    if with_mbs1:
-        models.append(ServedModel(spec=ModelSpec(model=folder, name=f"{name}-mbs1",
-                                                 max_batch_size=1, **spec_options),
-                                  deployment=deployment))
-    config = ServeConfig(models=models, port=free_port(), app_name=f"bench-{name}")
-    url = start_serving(config)
+    port = free_port()
+    configs = [ServeConfig(
+        models=[ServedModel(spec=ModelSpec(model=folder, name=name, max_batch_size=max_batch_size,
+                                           **wait, **spec_options), deployment=deployment)],
+        port=port, app_name=f"bench-{name}")]
+    if with_mbs1:  # an app of its own, as `raysight serve` of one model deploys it
+        configs.append(ServeConfig(
+            models=[ServedModel(spec=ModelSpec(model=folder, name=f"{name}-mbs1",
+                                               max_batch_size=1, **spec_options),
+                                deployment=deployment)],
+            port=port, app_name=f"bench-{name}-mbs1", route_prefix=MBS1_PREFIX))
     try:
+        url = [start_serving(config) for config in configs][0]
         yield url
     finally:
-        serve.delete(config.app_name)
+        for config in configs:
+            serve.delete(config.app_name)
 
 
 @dataclass
@@ -101,10 +105,24 @@ class StartingServer:
 def flask_server(folder: str, task: str) -> Iterator[StartingServer]:
     """The hand-written baseline (bench/flask_server.py) in its own process. It loads its
     model while the caller goes on (e.g. starts raysight); `ready()` gives its URL."""
+    with _server_process(["bench.flask_server", "--model", folder, "--task", task]) as server:
+        yield server
+
+
+@contextmanager
+def reference_server(folder: str, max_batch_size: int) -> Iterator[StartingServer]:
+    """The single-process batching reference (bench/reference_server.py), embeddings only;
+    like flask_server, `ready()` waits for it."""
+    with _server_process(["bench.reference_server", "--model", folder,
+                          "--max-batch-size", str(max_batch_size)]) as server:
+        yield server
+
+
+@contextmanager
+def _server_process(module_and_args: list[str]) -> Iterator[StartingServer]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "bench.flask_server", "--model", folder, "--task", task,
-         "--port", str(port)],
+        [sys.executable, "-m", *module_and_args, "--port", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env(),
     )
     try:

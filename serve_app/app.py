@@ -1,5 +1,6 @@
 """Build the Ray Serve application: one deployment per model, and a FastAPI ingress that
-routes requests to them by model name.
+routes requests to them by model name; an app of one model is one deployment that answers
+HTTP itself (serve_app/direct.py).
 
     serve run serve_app/config.yaml          (import_path: serve_app.app:app_builder)
     serve.run(build_app(ServeConfig(...)))   from Python
@@ -15,6 +16,7 @@ from typing import Any, AsyncIterator
 
 from serve_app.config import ServeConfig, ServedModel
 from serve_app.deployment import ModelServer
+from serve_app.direct import DirectModelServer, is_direct
 from serve_app.gateway import Gateway, ModelOverloaded, ReplicaLost
 from serve_app.metrics import IngressMetrics
 from serve_app.routes import build_http_api
@@ -203,8 +205,8 @@ def deployment_name(model: str) -> str:
     return "model-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", model)
 
 
-def model_deployment(served: ServedModel):
-    """The Serve deployment (not yet bound) of one served model: ModelServer with the
+def model_deployment(served: ServedModel, server_class: type = ModelServer):
+    """The Serve deployment (not yet bound) of one served model: `server_class` with the
     options of `served.deployment`."""
     from ray import serve
 
@@ -214,7 +216,7 @@ def model_deployment(served: ServedModel):
         if options.autoscaling_config else {"num_replicas": options.num_replicas}
     )
     return serve.deployment(
-        ModelServer,
+        server_class,
         name=deployment_name(served.name),
         ray_actor_options=options.ray_actor_options(),
         # >= max_batch_size: Serve's default of 5 would silently cap every batch at 5.
@@ -245,7 +247,16 @@ def ingress_deployment(config: ServeConfig):
 
 
 def build_app(config: ServeConfig):
-    """The Serve application for `config` (pass it to ``serve.run``)."""
+    """The Serve application for `config` (pass it to ``serve.run``): one deployment that
+    answers HTTP itself when one model is served (serve_app/direct.py), else a deployment
+    per model behind an ingress."""
+    if is_direct(config):
+        from ray import serve
+
+        [served] = config.models
+        return model_deployment(served, serve.ingress()(DirectModelServer)).bind(
+            config, served.spec, served.deployment.torch_threads,
+            stuck_batch_s=served.deployment.stuck_batch_s)
     handles = {served.name: model_deployment(served).bind(
                    served.spec, served.deployment.torch_threads,
                    stuck_batch_s=served.deployment.stuck_batch_s)

@@ -34,8 +34,9 @@ import logging
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Sequence, TypeVar
+from typing import Any, Callable, Generic, Iterator, Sequence, TypeVar
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ class _Waiting:
 
 # Share of a batch's run time that the next batch may wait to refill (see the module doc).
 REFILL_FRACTION = 0.1
+# Share of the last batch's run time that a batch may wait for requests being prepared.
+PREPARE_WAIT_FRACTION = 0.25
 # Refill credit: a failed refill costs this much, a batch that did not try earns back this.
 _REFILL_PENALTY = 0.5
 _REFILL_RECOVERY = 0.1
@@ -95,12 +98,15 @@ class DrainBatcher(Generic[In, Out]):
         self.refill_fraction = refill_fraction
         self.on_batch = on_batch  # (batch size, queue waits in s) for metrics
         self._goal = max_batch_size  # `_full` is set once this many items wait
+        self._goal_is_here = False  # ...or, if True, once every incoming request waits
         self._refill_goal = 0  # items the next batch waits for while refilling
         self._refill_until = 0.0  # monotonic time; the refill window of the last batch
         self._refill_credit = 1.0  # refills are tried while > 0 (see the module doc)
         self.refills = 0  # refill waits tried, and those that gained less than half
         self.failed_refills = 0
         self._waiting: deque[_Waiting] = deque()
+        self._incoming = 0  # requests in the replica still being prepared (see `incoming`)
+        self._last_run_s = 0.0  # how long the last batch ran
         self._arrived: asyncio.Event | None = None
         self._full: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
@@ -129,13 +135,37 @@ class DrainBatcher(Generic[In, Out]):
                 return f"the batch worker died: {type(error).__name__}: {error}"
         return None
 
+    @contextmanager
+    def incoming(self) -> Iterator[None]:
+        """Around the preparation of a request that will be submitted: while it is prepared,
+        a batch that forms waits for it (up to `prepare_wait_s`) instead of leaving it to
+        wait for the whole next batch."""
+        self._incoming += 1
+        try:
+            yield
+        finally:
+            self._incoming -= 1
+            if self._full is not None and self._expected_here():
+                self._full.set()
+
+    def prepare_wait_s(self) -> float:
+        """The longest a batch waits for requests still being prepared: a share of a batch's
+        run time (a request left out waits a whole batch), at least `wait_s`."""
+        return max(self.wait_s, PREPARE_WAIT_FRACTION * self._last_run_s)
+
+    def _expected_here(self) -> bool:
+        """Whether the batch being formed has what it waits for: its goal, or every request
+        in the replica when fewer are there."""
+        return len(self._waiting) >= min(self._goal, len(self._waiting) + self._incoming) \
+            if self._goal_is_here else len(self._waiting) >= self._goal
+
     async def submit(self, item: In) -> tuple[Out, BatchStats]:
         """Queue `item`; return its result and the stats of the batch it ran in."""
         self._start_worker()
         future = asyncio.get_running_loop().create_future()
         self._waiting.append(_Waiting(item, future, time.monotonic()))
         self._arrived.set()
-        if len(self._waiting) >= self._goal:
+        if self._expected_here():
             self._full.set()
         return await future
 
@@ -148,7 +178,7 @@ class DrainBatcher(Generic[In, Out]):
     async def _work(self) -> None:
         while True:
             await self._arrived.wait()
-            goal, patience = self.max_batch_size, self.wait_s
+            goal, patience, here_only = self.max_batch_size, self.wait_s, False
             refill_s = self._refill_until - time.monotonic()
             before = len(self._waiting)
             refilling = refill_s > 0 and before < self._refill_goal
@@ -158,14 +188,18 @@ class DrainBatcher(Generic[In, Out]):
             elif refilling:
                 self._refill_credit += _REFILL_RECOVERY
                 refilling = False
+            if not refilling and self._incoming and before < goal:
+                # Requests already here, being prepared: wait for them, not for strangers.
+                patience, here_only = max(patience, self.prepare_wait_s()), True
             if patience > 0 and len(self._waiting) < goal:
-                self._goal = goal
+                self._goal, self._goal_is_here = goal, here_only
                 self._full.clear()
-                try:
-                    await asyncio.wait_for(self._full.wait(), patience)
-                except asyncio.TimeoutError:
-                    pass
-                self._goal = self.max_batch_size
+                if not self._expected_here():
+                    try:
+                        await asyncio.wait_for(self._full.wait(), patience)
+                    except asyncio.TimeoutError:
+                        pass
+                self._goal, self._goal_is_here = self.max_batch_size, False
             if refilling:
                 self._score_refill(gained=len(self._waiting) - before, sought=goal - before)
             batch = self._take()
@@ -209,6 +243,7 @@ class DrainBatcher(Generic[In, Out]):
             finally:
                 self._batch_started = None
                 ended = time.monotonic()
+                self._last_run_s = ended - started
                 self._refill_goal = len(self._waiting) + len(batch)
                 self._refill_until = ended + self.refill_fraction * (ended - started)
             if len(results) != len(batch):

@@ -172,6 +172,12 @@ class IngressOptions(_Frozen):
     max_queued_requests: int = Field(
         1024, gt=0, description="Requests the HTTP proxy queues for the ingress before 503s."
     )
+    separate: bool = Field(
+        False,
+        description="Keep a separate ingress deployment even when one model is served. By "
+        "default an app of one model has none: the model's replicas answer HTTP themselves "
+        "(one Ray hop per request instead of two), and these ingress options do not apply.",
+    )
 
 
 class ServeConfig(_Frozen):

@@ -141,7 +141,8 @@ class ModelServer:
         request = dataclasses.replace(
             request, on_text=lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text)
         )
-        prepared = await self._prepare(request)
+        with self.batcher.incoming():
+            prepared = await self._prepare(request)
         if isinstance(prepared, RaysightError):
             yield Failed(prepared)
             return
@@ -204,7 +205,8 @@ class ModelServer:
         return await asyncio.to_thread(self.engine.preprocess_safely, request)
 
     async def _serve(self, request) -> Served:
-        prepared = await self._prepare(request)
+        with self.batcher.incoming():
+            prepared = await self._prepare(request)
         if isinstance(prepared, RaysightError):
             return Served(prepared)
         result, stats = await self.batcher.submit(prepared)

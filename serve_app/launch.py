@@ -79,6 +79,10 @@ def serve_config(config: ServeConfig, ray_address: str | None = None) -> None:
     address = resolve_ray_address(ray_address)
     joined = address != "local"
     connected_here = not ray.is_initialized()
+    if connected_here and not joined:
+        from serve_app.proxy_edge import install
+
+        install()  # the local Ray's Serve proxy answers a lost replica with a 503
     if connected_here:
         # Logs stay in Ray's log files: forwarding them to this terminal costs throughput.
         ray.init(address=address, log_to_driver=False,

@@ -15,6 +15,9 @@ def ray_session():
     """A private local Ray cluster, shut down when the session ends."""
     import ray
 
+    from serve_app.proxy_edge import install
+
+    install()  # as `raysight serve` does before it starts its local Ray
     ray.init(
         address="local",
         num_cpus=4,

@@ -195,3 +195,55 @@ def test_bad_settings_are_refused():
         DrainBatcher(list, max_batch_size=1, wait_s=-1)
     with pytest.raises(ValueError, match="refill_fraction"):
         DrainBatcher(list, max_batch_size=1, refill_fraction=1.5)
+
+
+def _prepared_then_submitted(refill_fraction: float, prepare_s: float) -> list[int]:
+    """A batch of 1 runs (100 ms); while it runs 4 requests arrive and are prepared, the
+    last finishing its preparation `prepare_s` after the model is free."""
+    import time
+
+    def model(items):
+        time.sleep(0.1)
+        return list(items)
+
+    async def scenario():
+        sizes: list[int] = []
+        batcher = DrainBatcher(model, max_batch_size=8, refill_fraction=refill_fraction,
+                               on_batch=lambda size, waits: sizes.append(size))
+
+        async def request(number: int, ready_after_s: float) -> None:
+            with batcher.incoming():
+                await asyncio.sleep(ready_after_s)  # being prepared
+            await batcher.submit(number)
+
+        first = asyncio.ensure_future(batcher.submit("first"))
+        await asyncio.sleep(0.01)
+        await asyncio.gather(first, *(request(n, 0.05 + n * 0.01) for n in range(3)),
+                             request(3, 0.09 + prepare_s))
+        return sizes
+
+    return run(scenario())
+
+
+def test_a_batch_waits_for_the_requests_being_prepared():
+    # Three are ready before the model frees up, the fourth ~20 ms after: it joins them
+    # (the wait is bounded by a quarter of the last batch's 100 ms).
+    assert _prepared_then_submitted(refill_fraction=0, prepare_s=0.02) == [1, 4]
+
+
+def test_the_wait_for_requests_being_prepared_is_bounded():
+    # One being prepared for far longer than a quarter of a batch is left for the next.
+    assert _prepared_then_submitted(refill_fraction=0, prepare_s=0.3) == [1, 3, 1]
+
+
+def test_a_request_alone_does_not_wait_for_anything():
+    import time
+
+    async def scenario():
+        batcher = DrainBatcher(lambda items: list(items), max_batch_size=8)
+        began = time.perf_counter()
+        _, stats = await batcher.submit("alone")
+        return time.perf_counter() - began, stats
+
+    elapsed, stats = run(scenario())
+    assert stats.batch_size == 1 and elapsed < 0.05
