@@ -43,8 +43,15 @@ def test_quick_bench_writes_json_and_plots(tmp_path):
         assert {"scenario", "variant", "metric", "value"} <= set(row)
     online = {(r["variant"], r["metric"]) for r in payload["rows"]
               if r["scenario"] == "online_embeddings"}
-    for variant in ("raysight", "ceiling", "flask", "raysight_mbs1"):
+    for variant in ("raysight", "ceiling", "reference", "flask", "raysight_mbs1"):
         assert (variant, "throughput") in online and (variant, "p99_ms") in online
+    # What each request cost outside the model's replica, and the 1-client latency over
+    # the in-process request's.
+    extra = {r["metric"]: r for r in payload["rows"] if r["scenario"] == "online_embeddings"
+             and r["metric"] in ("cpu_ms_outside_replica", "p50_over_ceiling_ms")}
+    assert extra["cpu_ms_outside_replica"]["value"] > 0
+    assert extra["cpu_ms_outside_replica"]["requests"] > 0
+    assert extra["p50_over_ceiling_ms"]["clients"] == 1
     served = [r["value"] for r in payload["rows"] if r["scenario"] == "online_embeddings"
               and r["metric"] == "throughput" and r["variant"] == "raysight"]
     assert served and all(value > 0 for value in served)
