@@ -76,7 +76,6 @@ _GROUPS = (
 # Processes of this run that are not the model's replica: what serving costs on top of it.
 SERVE_OVERHEAD_GROUPS = ("serve ingress", "serve proxy", "serve controller", "ray gcs",
                          "ray raylet", "ray dashboard", "other ray processes")
-NOT_THIS_RUN = "not this run"
 
 
 def _process_group(command: str, me: int, pid: int) -> str:
@@ -100,17 +99,14 @@ def _descendants(parents: dict[int, int], root: int) -> set[int]:
 
 
 def _cpu_seconds() -> dict[int, tuple[str, float]]:
-    """pid -> (command line, user+system CPU seconds) of every process of this run (this
-    process and those below it); the rest of the machine's CPU is one entry, pid 0,
-    under NOT_THIS_RUN (on a shared machine other users' Ray processes look alike)."""
+    """pid -> (command line, user+system CPU seconds) of every process of this run: this
+    process and those below it (on a shared machine other users' Ray processes look alike,
+    so they are left out; "all processes" is this run's)."""
     everything = _all_cpu_seconds()
     mine = _descendants({pid: parent for pid, (_, _, parent) in everything.items()},
                         os.getpid())
-    found = {pid: (command, seconds) for pid, (command, seconds, _) in everything.items()
-             if pid in mine}
-    found[0] = (NOT_THIS_RUN, sum(seconds for pid, (_, seconds, _) in everything.items()
-                                  if pid not in mine))
-    return found
+    return {pid: (command, seconds) for pid, (command, seconds, _) in everything.items()
+            if pid in mine}
 
 
 def _all_cpu_seconds() -> dict[int, tuple[str, float, int]]:
@@ -136,7 +132,7 @@ def _remember(seen: dict[int, tuple[str, float]], now: dict[int, tuple[str, floa
     """Fold one look at /proc into `seen` (pid -> group, CPU seconds). A process keeps the
     first specific group it was seen in: Ray renames a worker whose actor has ended."""
     for pid, (command, seconds) in now.items():
-        group = NOT_THIS_RUN if pid == 0 else _process_group(command, me, pid)
+        group = _process_group(command, me, pid)
         earlier = seen.get(pid)
         if earlier is not None and group in ("other ray processes", "other"):
             group = earlier[0]

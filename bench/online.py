@@ -21,6 +21,7 @@ from bench.servers import MBS1_PREFIX, flask_server, raysight_server, reference_
 from bench.settings import BenchSettings
 
 Measure = Callable[[int, float], dict]  # (clients, seconds) -> figures
+IDLE_WINDOW_S = 2.0  # how long Serve's processes are watched doing nothing
 
 
 def _http(loadgen: LoadGenerator, url: str, path: str, model: str,
@@ -105,11 +106,16 @@ def online_embeddings(folder: str, max_batch_size: int, settings: BenchSettings,
         def raysight_with_split(clients: int, seconds: float) -> list[dict]:
             if clients != split_at:
                 return raysight(clients, seconds)
+            # First, what the same processes burn with no request at all (Serve's control
+            # loop, metrics, Ray's heartbeats): per request it shrinks as throughput grows.
+            idle, _ = cpu_split(lambda: time.sleep(IDLE_WINDOW_S))
             began = time.perf_counter()
             rows, figures = cpu_split(lambda: raysight(clients, seconds), clients=clients)
             split.extend(rows)
             split.append(_cpu_outside_replica(rows, time.perf_counter() - began, answered[-1],
                                               clients))
+            split.append(row("online_embeddings", "raysight", "idle_cores_outside_replica",
+                             round(_overhead_cores(idle), 4), clients=clients))
             log("  cores while raysight serves: " + ", ".join(
                 f"{r['variant']} {r['value']:.2f}" for r in rows))
             log(f"  CPU per request outside the model replica: {split[-1]['value']:.1f} ms")
@@ -133,10 +139,14 @@ def _cpu_outside_replica(split: list[dict], wall_s: float, requests: int,
     """CPU-ms per request of this run's Serve and Ray processes other than the model's
     replica (proxy, ingress if any, controller, GCS, raylet, dashboard agent, Ray's other
     helpers), from the cores they used over `wall_s` while `requests` were answered."""
-    cores = sum(r["value"] for r in split if r["variant"] in SERVE_OVERHEAD_GROUPS)
+    cores = _overhead_cores(split)
     return row("online_embeddings", "raysight", "cpu_ms_outside_replica",
                round(1000 * cores * wall_s / max(requests, 1), 2), unit="ms",
                clients=clients, requests=requests)
+
+
+def _overhead_cores(split: list[dict]) -> float:
+    return sum(r["value"] for r in split if r["variant"] in SERVE_OVERHEAD_GROUPS)
 
 
 def _latency_over_ceiling(rows: list[dict], clients: int) -> list[dict]:
