@@ -44,6 +44,30 @@ def test_an_answer_from_the_app_passes_untouched():
     assert (start["status"], body["body"]) == (500, b'{"error": "ours"}')
 
 
+def test_serves_plain_text_refusal_becomes_the_json_overloaded_shape():
+    async def full_queue(scope, receive, send):  # Serve's BackPressureError answer
+        await send({"type": "http.response.start", "status": 503, "headers": [
+            (b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", b"3")]})
+        await send({"type": "http.response.body", "body": b"Request dropped", "more_body": True})
+        await send({"type": "http.response.body", "body": b" due to backpressure"})
+
+    start, body = _call(full_queue)
+    assert start["status"] == 503 and dict(start["headers"])[b"retry-after"] == b"3"
+    assert json.loads(body["body"])["error"]["code"] == "overloaded"
+
+
+def test_raysights_own_503_passes_untouched():
+    ours = b'{"error": {"code": "overloaded"}}'
+
+    async def json_503(scope, receive, send):
+        await send({"type": "http.response.start", "status": 503,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": ours})
+
+    start, body = _call(json_503)
+    assert (start["status"], body["body"]) == (503, ours)
+
+
 def test_install_keeps_a_value_already_set(monkeypatch):
     monkeypatch.delenv(CALLBACK_ENV, raising=False)
     install()
