@@ -21,7 +21,6 @@ from bench.servers import MBS1_PREFIX, flask_server, raysight_server, reference_
 from bench.settings import BenchSettings
 
 Measure = Callable[[int, float], dict]  # (clients, seconds) -> figures
-IDLE_WINDOW_S = 2.0  # how long Serve's processes are watched doing nothing
 
 
 def _http(loadgen: LoadGenerator, url: str, path: str, model: str,
@@ -108,7 +107,7 @@ def online_embeddings(folder: str, max_batch_size: int, settings: BenchSettings,
                 return raysight(clients, seconds)
             # First, what the same processes burn with no request at all (Serve's control
             # loop, metrics, Ray's heartbeats): per request it shrinks as throughput grows.
-            idle, _ = cpu_split(lambda: time.sleep(IDLE_WINDOW_S))
+            idle, _ = cpu_split(lambda: time.sleep(2 * settings.embed_window_s))
             began = time.perf_counter()
             rows, figures = cpu_split(lambda: raysight(clients, seconds), clients=clients)
             split.extend(rows)
