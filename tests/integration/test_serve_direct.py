@@ -61,27 +61,37 @@ def test_one_model_is_one_deployment_answering_http(served):
 
 
 def test_requests_lost_with_their_replica_are_json_503s(served):
+    import threading
+
     import httpx
     import ray
 
-    bodies = [_image_body(seed) for seed in range(48)]
+    bodies = [_image_body(seed) for seed in range(16)]
+    answers: list[tuple[int, str | None, str]] = []
+    stop = threading.Event()
 
     def send(body):
         reply = httpx.post(served + "/v1/embeddings", json=body, timeout=120)
         return reply.status_code, reply.headers.get("content-type"), reply.text
 
+    def client(body):  # closed loop until the replica is killed: always one in flight
+        while not stop.is_set():
+            answers.append(send(body))
+
     [replica] = [actor for actor in ray.util.list_named_actors(all_namespaces=True)
                  if APP in actor["name"] and "model-shapes-clip" in actor["name"]]
-    with futures.ThreadPoolExecutor(48) as pool:
-        pending = [pool.submit(send, body) for body in bodies]
-        time.sleep(0.5)  # the requests are in the replica, being prepared or batched
+    with futures.ThreadPoolExecutor(len(bodies)) as pool:
+        running = [pool.submit(client, body) for body in bodies]
+        time.sleep(1.0)
         ray.kill(ray.get_actor(replica["name"], namespace=replica["namespace"]), no_restart=True)
-        answers = [done.result() for done in pending]
+        stop.set()
+        for done in running:
+            done.result()
     statuses = [status for status, _, _ in answers]
     assert set(statuses) <= {200, 503}, statuses
     lost = [(kind, text) for status, kind, text in answers if status == 503]
-    assert lost, "no request was in flight when the replica died"
-    assert all(kind == "application/json" and "replica_lost" in text for kind, text in lost)
+    assert any("replica_lost" in text for _, text in lost), statuses
+    assert all(kind == "application/json" for kind, _ in lost)
     # Serve starts a new replica; the app answers again.
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
