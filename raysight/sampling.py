@@ -87,3 +87,22 @@ def problems(exc: ValidationError) -> str:
         message = error["msg"].removeprefix("Value error, ")
         parts.append(f"{where}: {message}" if where else message)
     return "; ".join(parts)
+
+
+def choose_token(logits, temperature: float, top_p: float, generator=None) -> int:
+    """The next token from one sequence's logits [vocab]: the top one when greedy
+    (temperature 0 or below GREEDY_BELOW), else a draw from the temperature-scaled softmax
+    cut to the smallest set of tokens whose mass reaches top_p (the top token always stays).
+    `generator` (a torch.Generator) makes a seeded request's draws repeatable, whatever
+    sequences it runs next to."""
+    import torch
+
+    if temperature < GREEDY_BELOW:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+        sorted_probs[before >= top_p] = 0.0
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator))

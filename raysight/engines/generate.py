@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
@@ -33,8 +34,12 @@ class GenerateRequest:
     temperature: float | None = None
     top_p: float | None = None
     min_new_tokens: int = 0
+    # Seeds this request's own random draws (continuous scheduler; temperature > 0).
+    seed: int | None = None
     # Called from the model thread with each new piece of text, for streaming.
     on_text: Callable[[str], None] | None = None
+    # Set (by the server) when the client went away: generation stops at the next token.
+    cancelled: threading.Event | None = None
 
     @classmethod
     def from_prompt(cls, prompt: str | None, image: Any = None, **kwargs) -> "GenerateRequest":
@@ -48,7 +53,8 @@ class GenerateResult:
     token_ids: list[int]
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str  # "stop" (end-of-sequence) or "length" (hit max_new_tokens)
+    # "stop" (end-of-sequence), "length" (hit max_new_tokens) or "cancelled" (client gone)
+    finish_reason: str
 
 
 @dataclass
@@ -62,6 +68,8 @@ class PreparedChat:
     top_p: float
     on_text: Callable[[str], None] | None = None
     group: Hashable = field(default=None)
+    seed: int | None = None
+    cancelled: threading.Event | None = None
     # Set when the response cache may answer this chat (greedy, cache on): the cache's key.
     response_key: str | None = None
 
@@ -157,6 +165,8 @@ class GenerateEngine(Engine):
             on_text=request.on_text,
             group=group,
             response_key=response_key,
+            seed=request.seed,
+            cancelled=request.cancelled,
         )
 
     def _check_prompt_chars(self, messages: list) -> None:
@@ -181,7 +191,7 @@ class GenerateEngine(Engine):
     # -- 2. infer (device, one batched call per compatible group) ------------------------
     def infer(self, batch: list[PreparedChat]) -> list[GeneratedTokens | RaysightError]:
         results: list[GeneratedTokens | RaysightError | None] = [None] * len(batch)
-        self._answer_from_cache(batch, results)
+        self.answer_from_cache(batch, results)
         groups: dict[Hashable, list[int]] = {}
         for index, item in enumerate(batch):
             if results[index] is None:
@@ -190,10 +200,10 @@ class GenerateEngine(Engine):
             for start in range(0, len(indices), self.spec.max_batch_size):
                 chunk = indices[start : start + self.spec.max_batch_size]
                 self._infer_group(batch, chunk, results)
-        self._remember_answers(batch, results)
+        self.remember_answers(batch, results)
         return results  # type: ignore[return-value]
 
-    def _answer_from_cache(self, batch: list[PreparedChat], results: list) -> None:
+    def answer_from_cache(self, batch: list[PreparedChat], results: list) -> None:
         cache = self.caches.response
         if cache is None:
             return
@@ -206,7 +216,7 @@ class GenerateEngine(Engine):
                 if item.on_text is not None and answer.token_ids:
                     item.on_text(self.tokenizer.decode(answer.token_ids, skip_special_tokens=True))
 
-    def _remember_answers(self, batch: list[PreparedChat], results: list) -> None:
+    def remember_answers(self, batch: list[PreparedChat], results: list) -> None:
         cache = self.caches.response
         if cache is None:
             return
@@ -230,33 +240,45 @@ class GenerateEngine(Engine):
         for index, output in zip(chunk, outputs):
             results[index] = output
 
-    def _generate(self, items: list[PreparedChat]) -> list[GeneratedTokens]:
+    def device_inputs(self, inputs: list[ModelInputs]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """These items collated and on the device, and `mm_encoder_outputs` when the vision
+        cache supplies their image features (then the pixels are left out)."""
         import torch
 
         from raysight.engines.vision import on_device
 
-        inputs = [item.inputs for item in items]
         batch = self.family.collate(inputs, self.pad_token_id)
         encoded: dict[str, Any] = {}
         if self.image_features is not None:
             with torch.inference_mode():
                 outputs = self.image_features.encoder_outputs(inputs)
-            if outputs is not None:  # generate takes the features instead of the pixels
+            if outputs is not None:  # the model takes the features instead of the pixels
                 encoded["mm_encoder_outputs"] = outputs
                 for key in self.family.encoder_only_keys:
                     batch.pop(key, None)
-        batch = on_device(batch, self.device, self.dtype, self.pixels)
+        return on_device(batch, self.device, self.dtype, self.pixels), encoded
+
+    def _generate(self, items: list[PreparedChat]) -> list[GeneratedTokens]:
+        import torch
+
+        batch, encoded = self.device_inputs([item.inputs for item in items])
         first = items[0]
         sampling: dict[str, Any] = {"do_sample": False}
         if first.temperature > 0:
             sampling = {"do_sample": True, "temperature": first.temperature, "top_p": first.top_p}
         streamer = _RowStreamer(self, items) if any(i.on_text for i in items) else None
+        stopping = None
+        if any(item.cancelled is not None for item in items):
+            from transformers import StoppingCriteriaList
+
+            stopping = StoppingCriteriaList([_ClientGone(items)])
         with torch.inference_mode():
             sequences = self.model.generate(
                 **batch,
                 max_new_tokens=max(item.max_new_tokens for item in items),
                 min_new_tokens=first.min_new_tokens or None,
                 streamer=streamer,
+                stopping_criteria=stopping,
                 **encoded,
                 **self.family.generate_kwargs(self.pad_token_id),
                 **sampling,
@@ -273,6 +295,9 @@ class GenerateEngine(Engine):
                 finish = "stop"
                 break
             kept.append(token)
+        if item.cancelled is not None and item.cancelled.is_set() and finish == "length" \
+                and len(kept) < item.max_new_tokens:
+            finish = "cancelled"
         return GeneratedTokens(kept, item.inputs.prompt_tokens, finish)
 
     # -- 3. postprocess (per item) -------------------------------------------------------
@@ -294,14 +319,49 @@ def _as_item_error(exc: Exception) -> RaysightError:
     return internal_error(logger, "generate failed for one item", exc)
 
 
+class IncrementalText:
+    """One sequence's decoded text, handed out as deltas: each new token's text goes to
+    `on_text` once it decodes cleanly (a partial multi-byte character waits for its rest)."""
+
+    def __init__(self, tokenizer, on_text: Callable[[str], None]):
+        self.tokenizer = tokenizer
+        self.on_text = on_text
+        self.tokens: list[int] = []
+        self.sent = ""
+
+    def add(self, token: int) -> None:
+        self.tokens.append(token)
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return
+        delta = text[len(self.sent):]
+        if delta:
+            self.sent = text
+            self.on_text(delta)
+
+
+class _ClientGone:
+    """A stopping criterion: a row whose client went away is done at its next token (its
+    batchmates go on; generate stops once every row is done)."""
+
+    def __init__(self, items: list[PreparedChat]):
+        self.events = [item.cancelled for item in items]
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        gone = [event is not None and event.is_set() for event in self.events]
+        return torch.tensor(gone, dtype=torch.bool, device=input_ids.device)
+
+
 class _RowStreamer:
     """A `generate` streamer that hands each row's new text to its item's `on_text`."""
 
     def __init__(self, engine: GenerateEngine, items: list[PreparedChat]):
         self.engine = engine
         self.items = items
-        self.tokens: list[list[int]] = [[] for _ in items]
-        self.sent: list[str] = ["" for _ in items]
+        self.texts = [IncrementalText(engine.tokenizer, item.on_text) for item in items]
+        self.counts = [0 for _ in items]
         self.done = [item.on_text is None for item in items]
         self.prompt_seen = False
 
@@ -316,20 +376,10 @@ class _RowStreamer:
             if token in self.engine.eos_ids:
                 self.done[row] = True
                 continue
-            self.tokens[row].append(token)
-            if len(self.tokens[row]) >= item.max_new_tokens:
+            self.counts[row] += 1
+            if self.counts[row] >= item.max_new_tokens:
                 self.done[row] = True
-            self._emit(row)
-
-    def _emit(self, row: int) -> None:
-        text = self.engine.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
-        # Hold back a partial multi-byte character until its last byte arrives.
-        if text.endswith("\ufffd"):
-            return
-        delta = text[len(self.sent[row]) :]
-        if delta:
-            self.sent[row] = text
-            self.items[row].on_text(delta)
+            self.texts[row].add(token)
 
     def end(self) -> None:
         pass

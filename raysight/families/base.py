@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Hashable
 
 from raysight.errors import InvalidRequest, TooManyImages, UnsupportedModel
+from raysight.families.stepping import StepwiseDecoding
 
 # Keys whose tensors are per-token and padded on the left with the pad id (input_ids) or 0.
 _LEFT_PADDED = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
@@ -40,8 +41,9 @@ def _token_ids(value) -> list[int]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-class GenerativeFamily:
-    """A generative VLM loaded with AutoModelForImageTextToText and driven by a chat template."""
+class GenerativeFamily(StepwiseDecoding):
+    """A generative VLM loaded with AutoModelForImageTextToText and driven by a chat template.
+    Its step-by-step decoding hooks (for the continuous scheduler) are in stepping.py."""
 
     name = "chat-vlm"
     task = "generate"

@@ -7,10 +7,11 @@ items only share a generate call with prompts of the same length.
 
 from __future__ import annotations
 
-from typing import Hashable
+from typing import Any, Hashable
 
 from raysight.errors import InvalidRequest
 from raysight.families.base import GenerativeFamily, ModelInputs
+from raysight.families.stepping import Prefill
 
 
 class BlipFamily(GenerativeFamily):
@@ -51,6 +52,44 @@ class BlipFamily(GenerativeFamily):
         if "input_ids" not in batch:
             return 1
         return int(batch["input_ids"].shape[1]) - 1
+
+    # -- step-by-step decoding (raysight/scheduler.py) --------------------------------------
+    def prefill(self, model, tensors: dict[str, Any], encoded: dict[str, Any]) -> Prefill:
+        """What BLIP's generate does before its first token: encode the image, swap [CLS]
+        for BOS, drop the trailing [SEP], then run the text decoder over that prefix with
+        cross-attention to the image. The image embeddings ride along as extras: each decode
+        step hands them to cross-attention again (its keys and values come from the cache)."""
+        import torch
+        from transformers import DynamicCache, EncoderDecoderCache
+
+        text = model.config.text_config
+        embeds = model.vision_model(pixel_values=tensors["pixel_values"])[0]
+        ids = tensors.get("input_ids")
+        if ids is None:
+            ids = torch.tensor([[model.decoder_input_ids, text.eos_token_id]],
+                               device=embeds.device)
+        ids = ids.clone()
+        ids[:, 0] = text.bos_token_id
+        ids = ids[:, :-1]
+        mask = tensors.get("attention_mask")
+        mask = mask[:, :-1] if mask is not None else torch.ones_like(ids)
+        image_mask = torch.ones(embeds.shape[:-1], dtype=torch.long, device=embeds.device)
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        output = model.text_decoder(
+            input_ids=ids, attention_mask=mask, encoder_hidden_states=embeds,
+            encoder_attention_mask=image_mask, past_key_values=cache, use_cache=True,
+            is_decoder=True)
+        extras = {"encoder_hidden_states": embeds, "encoder_attention_mask": image_mask}
+        return Prefill(output.logits[0, -1], output.past_key_values, int(ids.shape[1]),
+                       extras=extras)
+
+    def decode(self, model, input_ids, attention_mask, positions, offsets, cache, extras):
+        """BLIP's decoder has absolute position embeddings: positions given explicitly keep
+        a left-padded sequence where it would be alone."""
+        output = model.text_decoder(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+            past_key_values=cache, use_cache=True, is_decoder=True, **extras)
+        return output.logits[:, -1]
 
 
 def _last_user_text(messages: list[dict]) -> str:

@@ -86,3 +86,28 @@ class Qwen2VLFamily(GenerativeFamily):
             {"pixel_values": patches, "image_grid_thw": grid[None]}
             for patches, grid in zip(pixels.split(rows), grids)
         ]
+
+    # -- step-by-step decoding (raysight/scheduler.py) --------------------------------------
+    def prefill_positions(self, model, tensors: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """M-RoPE: image tokens get (t, h, w) positions from their grid, so every later
+        position is the text position plus this sequence's `rope_delta`. Passed explicitly
+        (text row first, as generate does) so the model's own stored rope_deltas, which
+        belong to whole generate calls, are neither read nor written."""
+        import torch
+
+        ids = tensors["input_ids"]
+        text = torch.arange(ids.shape[1], device=ids.device).view(1, 1, -1)
+        if "image_grid_thw" not in tensors or "mm_token_type_ids" not in tensors:
+            return {"position_ids": text.expand(4, 1, -1)}, 0
+        kwargs = {key: tensors[key] for key in ("image_grid_thw", "attention_mask")
+                  if key in tensors}
+        spatial, delta = model.model.get_rope_index(
+            ids, mm_token_type_ids=tensors["mm_token_type_ids"], **kwargs)
+        return {"position_ids": torch.cat([text, spatial], dim=0)}, int(delta.reshape(-1)[0])
+
+    def decode_positions(self, positions, offsets):
+        """[4, batch, 1]: the text position, then t, h and w all at text + rope_delta."""
+        import torch
+
+        spatial = (positions + offsets)[None].expand(3, -1, -1)
+        return torch.cat([positions[None], spatial], dim=0)

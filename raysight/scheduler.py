@@ -1,0 +1,331 @@
+"""Iteration-level (continuous) batching for the generate engine.
+
+Requests join and leave the running batch at every decode step instead of waiting for a
+whole `generate` call to end. Each `step()`:
+1. retires requests whose client went away (waiting or running);
+2. admits waiting requests, oldest first, while the running set has room (max_running),
+   the KV budget has room, and this step's prefill budget (prefill_tokens_per_step) is not
+   spent: each is prefilled alone (its images through the vision-feature cache), picks its
+   first token, and joins the batch (raysight/scheduler_kv.py);
+3. runs one batched decode step for every running sequence;
+4. retires sequences that hit an end-of-sequence token, their max_new_tokens or whose
+   client went away, freeing their rows of the cache at once.
+Every new token's text is handed to the request's `on_text` as it is chosen.
+
+Long prompts do not stall the others for long: a step prefills at most
+prefill_tokens_per_step prompt tokens (but always at least one request), so decoding goes on
+between admissions. A single prompt longer than that budget is still prefilled in one go.
+
+KV budget: the batch cache is left padded, so it holds (running sequences) x (the longest)
+token slots. A request is admitted only if, with it, that product at everyone's last token
+stays within kv_cache_tokens; otherwise it waits (oldest first, nothing is ever cut short).
+A request that could not fit even alone is refused (`check_fits`).
+
+Everything architecture-specific (prefill inputs, positions, stop tokens) comes from the
+engine's family (raysight/families/stepping.py); the scheduler names no architecture.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from raysight.engines.generate import (GeneratedTokens, GenerateEngine, IncrementalText,
+                                       PreparedChat)
+from raysight.errors import InvalidRequest, RaysightError, internal_error
+from raysight.sampling import choose_token
+from raysight.scheduler_kv import BatchKV
+
+logger = logging.getLogger(__name__)
+
+Done = Callable[[Any], None]  # called once with a GenerateResult or a RaysightError
+
+
+@dataclass
+class _Sequence:
+    """One request inside the scheduler."""
+
+    item: PreparedChat
+    on_done: Done
+    submitted: float
+    generator: Any = None
+    text: IncrementalText | None = None
+    tokens: list[int] = field(default_factory=list)
+    length: int = 0  # tokens in this sequence's cache rows (its next text position)
+    offset: int = 0
+    extras: dict[str, Any] = field(default_factory=dict)
+    pending: int = 0  # the last chosen token: the next decode step's input
+    cache: Any = None  # its own cache from prefill until it joins the batch
+    first_token_at: float = 0.0
+
+    @property
+    def final_length(self) -> int:
+        """Cache slots this sequence holds at its last possible token."""
+        return self.item.inputs.prompt_tokens + self.item.max_new_tokens
+
+    @property
+    def gone(self) -> bool:
+        return self.item.cancelled is not None and self.item.cancelled.is_set()
+
+
+@dataclass(frozen=True)
+class SchedulerStats:
+    running: int
+    waiting: int
+    kv_tokens: int  # token slots the batch cache holds now (padding included)
+    kv_bytes: int
+    kv_budget_tokens: int
+
+
+class GenerationScheduler:
+    """Continuous batching over a GenerateEngine. `submit` may be called from any thread;
+    `step` (or `run`) runs on the one thread that owns the model."""
+
+    def __init__(self, engine: GenerateEngine, max_running: int, kv_cache_tokens: int,
+                 prefill_tokens_per_step: int,
+                 on_timing: Callable[[str, float], None] | None = None):
+        if max_running < 1 or kv_cache_tokens < 1 or prefill_tokens_per_step < 1:
+            raise ValueError("max_running, kv_cache_tokens and prefill_tokens_per_step must "
+                             "be at least 1")
+        self.engine = engine
+        self.family = engine.family
+        self.max_running = max_running
+        self.kv_cache_tokens = kv_cache_tokens
+        self.prefill_tokens_per_step = prefill_tokens_per_step
+        self.on_timing = on_timing  # ("ttft" | "tpot", seconds) for metrics
+        self.running: list[_Sequence] = []
+        self.kv = BatchKV()
+        self._extras: dict[str, Any] = {}
+        self._waiting: collections.deque[_Sequence] = collections.deque()
+        self._lock = threading.Condition()
+        self.steps = 0
+
+    # -- the request side ------------------------------------------------------------------
+    def check_fits(self, item: PreparedChat) -> None:
+        """Refuse a request whose prompt plus max_new_tokens exceeds the whole KV budget."""
+        need = item.inputs.prompt_tokens + item.max_new_tokens
+        if need > self.kv_cache_tokens:
+            raise InvalidRequest(
+                f"this request needs {need} tokens of KV cache (a {item.inputs.prompt_tokens}-"
+                f"token prompt plus max_tokens={item.max_new_tokens}); this model's budget is "
+                f"{self.kv_cache_tokens} (kv_cache_tokens): ask for fewer new tokens or send a "
+                "shorter prompt"
+            )
+
+    def submit(self, item: PreparedChat, on_done: Done) -> None:
+        """Queue one prepared chat; `on_done` gets its GenerateResult or error (from the model
+        thread). Raises InvalidRequest if it could never fit the KV budget."""
+        self.check_fits(item)
+        sequence = _Sequence(item, on_done, time.monotonic())
+        if item.seed is not None:
+            import torch
+
+            sequence.generator = torch.Generator().manual_seed(item.seed)
+        if item.on_text is not None:
+            sequence.text = IncrementalText(self.engine.tokenizer, item.on_text)
+        with self._lock:
+            self._waiting.append(sequence)
+            self._lock.notify()
+
+    def stats(self) -> SchedulerStats:
+        return SchedulerStats(len(self.running), len(self._waiting),
+                              self.kv.batch * self.kv.width, self.kv.nbytes(),
+                              self.kv_cache_tokens)
+
+    @property
+    def idle(self) -> bool:
+        return not self.running and not self._waiting
+
+    # -- the model side --------------------------------------------------------------------
+    def run(self, stop: threading.Event, idle_wait_s: float = 0.1) -> None:
+        """Step until `stop` is set, sleeping while there is nothing to do."""
+        while not stop.is_set():
+            with self._lock:
+                if self.idle:
+                    self._lock.wait(idle_wait_s)
+                    continue
+            self.step()
+
+    def run_until_idle(self) -> None:
+        while not self.idle:
+            self.step()
+
+    def step(self) -> None:
+        """Admit, decode once, retire (see the module docstring)."""
+        import torch
+
+        self.steps += 1
+        with torch.inference_mode():
+            self._drop_gone_waiting()
+            self._admit()
+            if self.running:
+                self._decode()
+
+    def _drop_gone_waiting(self) -> None:
+        with self._lock:
+            gone = [s for s in self._waiting if s.gone]
+            for sequence in gone:
+                self._waiting.remove(sequence)
+        for sequence in gone:
+            self._finish(sequence, "cancelled")
+
+    def _fits_with(self, sequence: _Sequence, admitted: list[_Sequence]) -> bool:
+        members = self.running + admitted + [sequence]
+        return len(members) * max(s.final_length for s in members) <= self.kv_cache_tokens
+
+    def _admit(self) -> None:
+        admitted: list[_Sequence] = []
+        spent = 0
+        while len(self.running) + len(admitted) < self.max_running:
+            with self._lock:
+                if not self._waiting:
+                    break
+                head = self._waiting[0]
+                prompt = head.item.inputs.prompt_tokens
+                if admitted and spent + prompt > self.prefill_tokens_per_step:
+                    break  # decode first; admit the rest at the next step
+                if not self._fits_with(head, admitted):
+                    break  # oldest first: wait for room rather than let others pass
+                self._waiting.popleft()
+            spent += prompt
+            if self._prefill(head):
+                admitted.append(head)
+        if admitted:
+            self._join(admitted)
+
+    def _prefill(self, sequence: _Sequence) -> bool:
+        """Run the prompt and pick the first token; False if the sequence already ended
+        (or failed: then it has its error)."""
+        engine = self.engine
+        try:
+            cached = self._cached_answer(sequence)
+            if cached is not None:
+                self._deliver(sequence, cached)
+                return False
+            tensors, encoded = engine.device_inputs([sequence.item.inputs])
+            prefill = self.family.prefill(engine.model, tensors, encoded)
+        except Exception as exc:  # noqa: BLE001 - one bad prompt fails alone
+            self._deliver(sequence, _as_error(exc, "prefill failed"))
+            return False
+        sequence.cache = prefill.cache
+        sequence.length = prefill.length
+        sequence.offset = prefill.offset
+        sequence.extras = prefill.extras
+        return not self._take_token(sequence, prefill.logits)
+
+    def _join(self, admitted: list[_Sequence]) -> None:
+        caches = [s.cache for s in admitted]
+        for sequence in admitted:
+            sequence.cache = None
+        self.kv.join(caches, [s.length for s in admitted], self.engine.device)
+        self.running.extend(admitted)
+        self._restack_extras()
+
+    def _restack_extras(self) -> None:
+        import torch
+
+        keys = self.running[0].extras.keys() if self.running else ()
+        self._extras = {key: torch.cat([s.extras[key] for s in self.running]) for key in keys}
+
+    def _decode(self) -> None:
+        import torch
+
+        device = self.engine.device
+        try:
+            ids = torch.tensor([[s.pending] for s in self.running], device=device)
+            positions = torch.tensor([[s.length] for s in self.running], device=device)
+            offsets = torch.tensor([[s.offset] for s in self.running], device=device)
+            logits = self.family.decode(
+                self._step_model, ids, self.kv.step_mask(), positions, offsets,
+                self.kv.cache, self._extras)
+            self.kv.grow()
+        except Exception as exc:  # noqa: BLE001 - the batch cannot go on; answer everyone
+            error = internal_error(logger, f"a decode step of {len(self.running)} failed", exc)
+            for sequence in self.running:
+                self._deliver(sequence, error)
+            self.running, self.kv, self._extras = [], BatchKV(), {}
+            return
+        keep: list[int] = []
+        for row, sequence in enumerate(self.running):
+            sequence.length += 1
+            if not self._take_token(sequence, logits[row]):
+                keep.append(row)
+        if len(keep) < len(self.running):
+            self.kv.keep(keep)
+            self.running = [self.running[row] for row in keep]
+            self._restack_extras()
+
+    @property
+    def _step_model(self):
+        return self.engine.model
+
+    def _take_token(self, sequence: _Sequence, logits) -> bool:
+        """Choose, record and stream the next token; True if the sequence is finished."""
+        item = sequence.item
+        if sequence.gone:
+            self._finish(sequence, "cancelled")
+            return True
+        stops = self.engine.eos_ids
+        if len(sequence.tokens) < item.min_new_tokens and stops:
+            logits = logits.clone()
+            logits[list(stops)] = float("-inf")
+        token = choose_token(logits, item.temperature, item.top_p, sequence.generator)
+        if not sequence.tokens:
+            sequence.first_token_at = time.monotonic()
+            self._time("ttft", sequence.first_token_at - sequence.submitted)
+        if token in stops:
+            self._finish(sequence, "stop")
+            return True
+        sequence.tokens.append(token)
+        sequence.pending = token
+        if sequence.text is not None:
+            sequence.text.add(token)
+        if len(sequence.tokens) >= item.max_new_tokens:
+            self._finish(sequence, "length")
+            return True
+        return False
+
+    def _finish(self, sequence: _Sequence, reason: str) -> None:
+        count = len(sequence.tokens)
+        if count > 1:
+            self._time("tpot", (time.monotonic() - sequence.first_token_at) / (count - 1))
+        output = GeneratedTokens(sequence.tokens, sequence.item.inputs.prompt_tokens, reason)
+        if reason != "cancelled":
+            self._remember(sequence, output)
+        try:
+            result = self.engine.postprocess(output)
+        except Exception as exc:  # noqa: BLE001
+            result = _as_error(exc, "postprocess failed")
+        self._deliver(sequence, result)
+
+    def _cached_answer(self, sequence: _Sequence):
+        """The response cache's answer for this chat, postprocessed, or None."""
+        results: list = [None]
+        self.engine.answer_from_cache([sequence.item], results)
+        return None if results[0] is None else self.engine.postprocess(results[0])
+
+    def _remember(self, sequence: _Sequence, output: GeneratedTokens) -> None:
+        self.engine.remember_answers([sequence.item], [output])
+
+    def _deliver(self, sequence: _Sequence, result: Any) -> None:
+        try:
+            sequence.on_done(result)
+        except Exception:  # noqa: BLE001 - a broken callback must not stop the others
+            logger.exception("on_done callback failed")
+
+    def _time(self, what: str, seconds: float) -> None:
+        if self.on_timing is not None:
+            try:
+                self.on_timing(what, seconds)
+            except Exception:  # noqa: BLE001 - metrics must never fail a step
+                logger.exception("timing callback failed")
+
+
+def _as_error(exc: Exception, what: str) -> RaysightError:
+    if isinstance(exc, RaysightError):
+        return exc
+    return internal_error(logger, what, exc)
