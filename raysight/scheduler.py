@@ -42,7 +42,18 @@ from raysight.scheduler_kv import BatchKV
 
 logger = logging.getLogger(__name__)
 
-Done = Callable[[Any], None]  # called once with a GenerateResult or a RaysightError
+
+
+@dataclass(frozen=True)
+class SequenceStats:
+    """What one request saw: the running batch it joined and how long it waited to join."""
+
+    batch_size: int
+    queue_wait_s: float
+
+
+# Called once per request, from the model thread: (GenerateResult or RaysightError, stats).
+Done = Callable[[Any, SequenceStats], None]
 
 
 @dataclass
@@ -61,6 +72,7 @@ class _Sequence:
     pending: int = 0  # the last chosen token: the next decode step's input
     cache: Any = None  # its own cache from prefill until it joins the batch
     first_token_at: float = 0.0
+    admitted: SequenceStats = SequenceStats(0, 0.0)
 
     @property
     def final_length(self) -> int:
@@ -103,6 +115,8 @@ class GenerationScheduler:
         self._waiting: collections.deque[_Sequence] = collections.deque()
         self._lock = threading.Condition()
         self.steps = 0
+        # Requests finished, by reason: stop, length, cancelled (client gone), error.
+        self.finished: collections.Counter[str] = collections.Counter()
 
     # -- the request side ------------------------------------------------------------------
     def check_fits(self, item: PreparedChat) -> None:
@@ -141,14 +155,29 @@ class GenerationScheduler:
         return not self.running and not self._waiting
 
     # -- the model side --------------------------------------------------------------------
-    def run(self, stop: threading.Event, idle_wait_s: float = 0.1) -> None:
-        """Step until `stop` is set, sleeping while there is nothing to do."""
+    def run(self, stop: threading.Event, idle_wait_s: float = 0.1,
+            on_step: Callable[[SchedulerStats], None] | None = None) -> None:
+        """Step until `stop` is set, sleeping while there is nothing to do; `on_step` gets
+        the stats after each step (for gauges)."""
         while not stop.is_set():
             with self._lock:
                 if self.idle:
                     self._lock.wait(idle_wait_s)
                     continue
-            self.step()
+            try:
+                self.step()
+            except Exception:  # noqa: BLE001 - keep serving; step already answered its items
+                logger.exception("scheduler step failed")
+            if on_step is not None:
+                try:
+                    on_step(self.stats())
+                except Exception:  # noqa: BLE001 - metrics must never stop the loop
+                    logger.exception("scheduler metrics failed")
+
+    def wake(self) -> None:
+        """Wake a sleeping `run` (e.g. after a client went away)."""
+        with self._lock:
+            self._lock.notify()
 
     def run_until_idle(self) -> None:
         while not self.idle:
@@ -192,6 +221,8 @@ class GenerationScheduler:
                     break  # oldest first: wait for room rather than let others pass
                 self._waiting.popleft()
             spent += prompt
+            head.admitted = SequenceStats(len(self.running) + len(admitted) + 1,
+                                          time.monotonic() - head.submitted)
             if self._prefill(head):
                 admitted.append(head)
         if admitted:
@@ -312,8 +343,9 @@ class GenerationScheduler:
         self.engine.remember_answers([sequence.item], [output])
 
     def _deliver(self, sequence: _Sequence, result: Any) -> None:
+        self.finished[getattr(result, "finish_reason", "error")] += 1
         try:
-            sequence.on_done(result)
+            sequence.on_done(result, sequence.admitted)
         except Exception:  # noqa: BLE001 - a broken callback must not stop the others
             logger.exception("on_done callback failed")
 

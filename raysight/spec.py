@@ -20,6 +20,7 @@ Task = Literal["generate", "embed"]
 # raysight.families.FAMILY_NAMES, repeated here so a spec is checked without transformers.
 FamilyName = Literal["chat-vlm", "qwen2-vl", "blip", "clip", "siglip", "siglip2"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
+Scheduler = Literal["static", "continuous"]
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -168,6 +169,30 @@ class ModelSpec(_Frozen):
         0.005,
         ge=0,
         description="Online: how long a batch waits for more requests once the model is free.",
+    )
+    scheduler: Scheduler = Field(
+        "static",
+        description="Generate task, online: 'static' runs each batch's generate to the end "
+        "of its longest answer (new requests wait for the whole batch); 'continuous' lets "
+        "requests join and leave the running batch at every decode step (raysight/"
+        "scheduler.py), bounded by kv_cache_tokens.",
+    )
+    max_running_sequences: int = Field(
+        16, gt=0,
+        description="Continuous scheduler: most sequences decoding together in one step.",
+    )
+    kv_cache_tokens: int = Field(
+        65_536, gt=0,
+        description="Continuous scheduler: the KV-cache budget in token slots, counted as "
+        "(running sequences) x (the longest prompt + max_new_tokens among them), since the "
+        "batch cache is left padded. A request waits while it would overflow the budget; one "
+        "that cannot fit even alone is refused with a 400.",
+    )
+    prefill_tokens_per_step: int = Field(
+        1024, gt=0,
+        description="Continuous scheduler: prompt tokens prefilled between two decode steps "
+        "(at least one request per step), so long prompts arriving do not stall the "
+        "sequences already decoding.",
     )
     max_text_tokens: int = Field(
         4096,

@@ -14,13 +14,14 @@ import asyncio
 import dataclasses
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 from raysight.errors import InvalidRequest, RaysightError, internal_error
 from raysight.spec import ModelSpec
 from serve_app.batching import DrainBatcher
-from serve_app.metrics import CacheMetrics, ModelMetrics
+from serve_app.metrics import CacheMetrics, ModelMetrics, SchedulerMetrics
 from serve_app.stream_events import Accepted, Delta, Failed, Final, StreamEvent
 
 logger = logging.getLogger(__name__)
@@ -78,13 +79,35 @@ class ModelServer:
         self.stuck_batch_s = stuck_batch_s
         self.metrics = ModelMetrics(self.name)
         self.cache_metrics = CacheMetrics(self.name)
-        self.batcher = DrainBatcher(
-            self._run_batch,
-            max_batch_size=spec.max_batch_size,
-            wait_s=spec.batch_wait_timeout_s,
-            on_batch=self.metrics.record_batch,
-        )
+        if engine.task == "generate" and spec.scheduler == "continuous":
+            self.batcher = self._continuous_batcher()
+        else:
+            self.batcher = DrainBatcher(
+                self._run_batch,
+                max_batch_size=spec.max_batch_size,
+                wait_s=spec.batch_wait_timeout_s,
+                on_batch=self.metrics.record_batch,
+            )
         logger.info("serving %s (%s) as %r", spec.model, engine.task, self.name)
+
+    def _continuous_batcher(self):
+        """Generation scheduled per decode step (raysight/scheduler.py), on its own thread."""
+        from raysight.scheduler import GenerationScheduler
+        from serve_app.continuous import ContinuousBatcher
+
+        spec = self.spec
+        metrics = SchedulerMetrics(self.name)
+
+        def on_step(stats) -> None:
+            metrics.record_step(stats)
+            self.record_cache_stats()
+
+        scheduler = GenerationScheduler(
+            self.engine, max_running=spec.max_running_sequences,
+            kv_cache_tokens=spec.kv_cache_tokens,
+            prefill_tokens_per_step=spec.prefill_tokens_per_step,
+            on_timing=metrics.record_timing)
+        return ContinuousBatcher(scheduler, on_step=on_step)
 
     def info(self) -> dict[str, Any]:
         """What clients and the ingress need to know about this model."""
@@ -97,6 +120,8 @@ class ModelServer:
         choice = getattr(self.engine, "batch_choice", None)
         if choice is not None:
             info["max_batch_size_auto"] = choice.as_dict()
+        if self.engine.task == "generate":
+            info["scheduler"] = self.spec.scheduler
         dim = getattr(getattr(self.engine.model, "config", None), "projection_dim", None)
         if self.engine.task == "embed" and dim:
             info["dim"] = int(dim)
@@ -146,6 +171,11 @@ class ModelServer:
         if isinstance(prepared, RaysightError):
             yield Failed(prepared)
             return
+        refused = self._refuse_unfit(prepared)
+        if refused:
+            yield Failed(refused)
+            return
+        prepared.cancelled = threading.Event()
         yield Accepted()
         running = asyncio.ensure_future(self.batcher.submit(prepared))
         # Text pieces are queued before the batch returns, so _END always comes last.
@@ -155,7 +185,11 @@ class ModelServer:
                 yield Delta(piece)
             result, stats = running.result()
         finally:
-            running.cancel()  # the client went away: drop the request if it has not started
+            if not running.done():
+                # The client went away: a waiting request is dropped, a running one stops
+                # at its next token (both schedulers).
+                prepared.cancelled.set()
+                running.cancel()
         if isinstance(result, RaysightError):
             yield Failed(result)
         else:
@@ -204,12 +238,33 @@ class ModelServer:
     async def _prepare(self, request) -> Any:
         return await asyncio.to_thread(self.engine.preprocess_safely, request)
 
+    def _refuse_unfit(self, prepared) -> RaysightError | None:
+        """The continuous scheduler's refusal of a request that can never fit its KV budget."""
+        check = getattr(self.batcher, "check", None)
+        if check is None:
+            return None
+        try:
+            check(prepared)
+        except RaysightError as exc:
+            return exc
+        return None
+
     async def _serve(self, request) -> Served:
         with self.batcher.incoming():
             prepared = await self._prepare(request)
         if isinstance(prepared, RaysightError):
             return Served(prepared)
-        result, stats = await self.batcher.submit(prepared)
+        refused = self._refuse_unfit(prepared)
+        if refused:
+            return Served(refused)
+        gone = threading.Event()
+        if hasattr(prepared, "cancelled"):  # a chat: it may stop early if its client goes
+            prepared.cancelled = gone
+        try:
+            result, stats = await self.batcher.submit(prepared)
+        except asyncio.CancelledError:
+            gone.set()  # Serve cancelled the request: its client disconnected
+            raise
         return Served(result, stats.batch_size, stats.queue_wait_s)
 
     def __del__(self) -> None:

@@ -5,7 +5,10 @@ requests wait in the queue for a batch. Prometheus sees them with Ray's prefix:
 ``ray_raysight_requests_total``, ``ray_raysight_request_latency_s``, ``ray_raysight_batch_size``,
 ``ray_raysight_queue_wait_s``, ``ray_raysight_model_items_total``, and per cache (tag ``cache``:
 preprocess, vision, response) ``ray_raysight_cache_hits_total``, ``..._misses_total``,
-``..._evictions_total`` and the gauge ``ray_raysight_cache_bytes``. Outside a Ray worker (unit
+``..._evictions_total`` and the gauge ``ray_raysight_cache_bytes``; with the continuous
+scheduler, the gauges ``ray_raysight_running_sequences``, ``ray_raysight_waiting_requests``,
+``ray_raysight_kv_cache_tokens``, ``ray_raysight_kv_cache_bytes`` and the histograms
+``ray_raysight_time_to_first_token_s`` and ``ray_raysight_time_per_output_token_s``. Outside a Ray worker (unit
 tests, local clients) every metric is a no-op, so the serving code never checks.
 """
 
@@ -131,3 +134,42 @@ class CacheMetrics:
                     counter.inc(delta, tags=tags)
             self.bytes.set(now.bytes, tags=tags)
             self._seen[name] = (now.hits, now.misses, now.evictions)
+
+
+TTFT_BUCKETS_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
+TPOT_BUCKETS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1]
+
+
+class SchedulerMetrics:
+    """The continuous scheduler of one model: its running set, queue, KV cache use and the
+    two per-token latencies users feel (first token, then each next one)."""
+
+    def __init__(self, model: str) -> None:
+        self.tags = {"model": model}
+        keys = ("model",)
+        self.running = _gauge("raysight_running_sequences", "Sequences decoding now.", keys)
+        self.waiting = _gauge("raysight_waiting_requests",
+                              "Prepared requests waiting to join the running batch.", keys)
+        self.kv_tokens = _gauge("raysight_kv_cache_tokens",
+                                "Token slots the batch KV cache holds (padding included).", keys)
+        self.kv_budget = _gauge("raysight_kv_cache_budget_tokens",
+                                "The KV-cache budget in token slots (kv_cache_tokens).", keys)
+        self.kv_bytes = _gauge("raysight_kv_cache_bytes", "Bytes the batch KV cache holds.", keys)
+        self.ttft = _histogram("raysight_time_to_first_token_s",
+                               "From submission to the first new token (s).", TTFT_BUCKETS_S, keys)
+        self.tpot = _histogram("raysight_time_per_output_token_s",
+                               "Mean time per new token after the first, per request (s).",
+                               TPOT_BUCKETS_S, keys)
+
+    def record_step(self, stats) -> None:
+        """`stats`: raysight.scheduler.SchedulerStats after one step."""
+        self.running.set(stats.running, tags=self.tags)
+        self.waiting.set(stats.waiting, tags=self.tags)
+        self.kv_tokens.set(stats.kv_tokens, tags=self.tags)
+        self.kv_budget.set(stats.kv_budget_tokens, tags=self.tags)
+        self.kv_bytes.set(stats.kv_bytes, tags=self.tags)
+
+    def record_timing(self, what: str, seconds: float) -> None:
+        """("ttft" | "tpot", seconds), as the scheduler reports them."""
+        histogram = self.ttft if what == "ttft" else self.tpot
+        histogram.observe(seconds, tags=self.tags)

@@ -4,6 +4,7 @@ drops a request whose client went away. Tiny random models of each real architec
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import pytest
@@ -65,7 +66,7 @@ def _run_staggered(engine, scheduler, requests, arrive_at):
         for index, (request, at) in enumerate(zip(requests, arrive_at)):
             if at == step:
                 scheduler.submit(engine.preprocess(request),
-                                 lambda result, i=index: results.__setitem__(i, result))
+                                 lambda result, _stats, i=index: results.__setitem__(i, result))
         scheduler.step()
         step += 1
         assert step < 500, "the scheduler did not finish"
@@ -86,3 +87,99 @@ def test_staggered_tokens_equal_single_tokens(arch, engines, rng):
     assert len({tuple(r.token_ids) for r in together}) > 1
     # Everyone left: the batch cache is empty again.
     assert scheduler.stats().running == 0 and scheduler.stats().kv_tokens == 0
+
+
+def _collect(engine, scheduler, requests):
+    results: dict[int, object] = {}
+    for index, request in enumerate(requests):
+        scheduler.submit(engine.preprocess(request),
+                         lambda result, _stats, i=index: results.__setitem__(i, result))
+    return results
+
+
+def test_kv_budget_makes_requests_wait_never_cut(engines, rng):
+    """A budget that holds one sequence at a time: the rest wait their turn and still get
+    every token they get alone; the running set never outgrows the budget."""
+    engine = engines("qwen2-vl")
+    requests = _requests(rng)[:3]
+    prepared = [engine.preprocess(r) for r in requests]
+    biggest = max(p.inputs.prompt_tokens + p.max_new_tokens for p in prepared)
+    scheduler = _scheduler(engine, kv_cache_tokens=biggest + 1)
+    results = _collect(engine, scheduler, requests)
+    seen_running = []
+    while not scheduler.idle:
+        scheduler.step()
+        stats = scheduler.stats()
+        seen_running.append(stats.running)
+        assert stats.kv_tokens <= stats.kv_budget_tokens
+    assert max(seen_running) == 1
+    alone = [engine.run([request])[0] for request in requests]
+    assert [results[i].token_ids for i in range(3)] == [a.token_ids for a in alone]
+
+
+def test_a_request_that_can_never_fit_is_refused(engines, rng):
+    engine = engines("qwen2-vl")
+    item = engine.preprocess(_requests(rng)[0])
+    scheduler = _scheduler(engine, kv_cache_tokens=item.inputs.prompt_tokens + 2)
+    with pytest.raises(InvalidRequest, match="kv_cache_tokens"):
+        scheduler.submit(item, lambda *_: None)
+    assert scheduler.idle
+
+
+def test_a_cancelled_request_leaves_at_its_next_step(engines, rng):
+    engine = engines("qwen2-vl")
+    requests = _requests(rng)[:2]
+    gone = threading.Event()
+    long = GenerateRequest.from_prompt(PROMPTS[0], noise_image(rng, 32, 32), max_new_tokens=40,
+                                       min_new_tokens=40, cancelled=gone)
+    scheduler = _scheduler(engine)
+    results = _collect(engine, scheduler, [long, *requests])
+    for _ in range(3):
+        scheduler.step()
+    gone.set()
+    scheduler.step()
+    assert results[0].finish_reason == "cancelled"
+    assert len(results[0].token_ids) < 40
+    assert scheduler.stats().running == 1  # the 7-token request runs on; the others ended
+    scheduler.run_until_idle()
+    assert scheduler.finished["cancelled"] == 1
+    # Its batchmates were not disturbed by it leaving.
+    alone = [engine.run([request])[0] for request in requests]
+    assert [results[1].token_ids, results[2].token_ids] == [a.token_ids for a in alone]
+
+
+def test_prefill_budget_interleaves_admission_with_decoding(engines, rng):
+    """With a one-token prefill budget a step admits one request, so the first request gets
+    a token at every step while the others join one by one."""
+    engine = engines("qwen2-vl")
+    requests = _requests(rng)
+    scheduler = _scheduler(engine, prefill_tokens_per_step=1)
+    streamed: list[str] = []
+    first = dataclasses.replace(requests[2], on_text=streamed.append)
+    results = _collect(engine, scheduler, [first, *requests[:2], requests[3]])
+    running = []
+    for _ in range(3):
+        scheduler.step()
+        running.append(scheduler.stats().running)
+    assert running[:2] == [1, 2]
+    scheduler.run_until_idle()
+    assert "".join(streamed).strip() == results[0].text
+    assert len(results[0].token_ids) == NEW_TOKENS[2]
+
+
+def test_seeded_sampling_is_per_request(engines, rng):
+    """A seeded sampled request draws the same tokens alone and next to others."""
+    engine = engines("qwen2-vl")
+    requests = _requests(rng, temperature=1.0, top_p=0.9, seed=7)
+    alone_scheduler = _scheduler(engine)
+    alone = _collect(engine, alone_scheduler, requests[:1])
+    alone_scheduler.run_until_idle()
+    together_scheduler = _scheduler(engine)
+    together = _collect(engine, together_scheduler, requests[:3])
+    together_scheduler.run_until_idle()
+    assert together[0].token_ids == alone[0].token_ids
+    unseeded = [dataclasses.replace(requests[0], seed=seed) for seed in (1, 2, 3)]
+    other = _scheduler(engine)
+    draws = _collect(engine, other, unseeded)
+    other.run_until_idle()
+    assert len({tuple(draws[i].token_ids) for i in range(3)}) > 1  # seeds do change draws

@@ -1,0 +1,66 @@
+"""The continuous scheduler (raysight/scheduler.py) behind the replica's event loop.
+
+The scheduler steps on its own model thread; `submit` hands it a prepared chat and awaits
+the answer. When the awaiting task is cancelled (the HTTP client went away: Serve cancels the
+request, a stream's consumer stops) the request's `cancelled` event is set, and the
+scheduler retires it at its next step, freeing its slot and its KV cache rows.
+
+Same interface as DrainBatcher.submit (result, stats with batch_size and queue_wait_s), so
+the deployment treats both schedulers alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, Callable
+
+from raysight.scheduler import GenerationScheduler, SchedulerStats
+
+
+class ContinuousBatcher:
+    """Runs a GenerationScheduler on a model thread for one replica."""
+
+    def __init__(self, scheduler: GenerationScheduler,
+                 on_step: Callable[[SchedulerStats], None] | None = None):
+        self.scheduler = scheduler
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=scheduler.run, args=(self._stop,), kwargs={"on_step": on_step},
+            name="raysight-scheduler", daemon=True)
+        self._thread.start()
+
+    @property
+    def queued(self) -> int:
+        return self.scheduler.stats().waiting
+
+    def check(self, prepared) -> None:
+        """Raise InvalidRequest now if the request can never fit the KV budget."""
+        self.scheduler.check_fits(prepared)
+
+    async def submit(self, prepared) -> tuple[Any, Any]:
+        """Queue `prepared` (a PreparedChat); return (result, stats) once it is answered."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def done(result, stats) -> None:
+            loop.call_soon_threadsafe(_settle, future, (result, stats))
+
+        if prepared.cancelled is None:
+            prepared.cancelled = threading.Event()
+        self.scheduler.submit(prepared, done)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            prepared.cancelled.set()  # retired at the scheduler's next step
+            self.scheduler.wake()
+            raise
+
+    def close(self) -> None:
+        self._stop.set()
+        self.scheduler.wake()
+
+
+def _settle(future: asyncio.Future, value) -> None:
+    if not future.done():
+        future.set_result(value)
