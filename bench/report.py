@@ -104,6 +104,14 @@ TARGETS = (
            "kill_only_replica", None, 0, at_most=True),
     Target("reliability, only replica killed: seconds to first success", "reliability",
            "recovery_s", "kill_only_replica", None, 10.0, at_most=True),
+    Target("mixed generation: short-request p50 latency, continuous / static",
+           "generation_mixed", "short_p50_ms", "continuous/static", None, 0.5, at_most=True),
+    Target("mixed generation: p99 time to first token, continuous / static",
+           "generation_mixed", "ttft_p99_ms", "continuous/static", None, 0.5, at_most=True),
+    Target("mixed generation: output tokens/s, continuous / static", "generation_mixed",
+           "tokens_per_s", "continuous/static", None, 1.0),
+    Target("closed-loop generation (8 clients, 16 tokens): continuous / static tokens/s",
+           "generation_mixed", "closed_tokens_per_s", "continuous/static", None, 1.0),
 )
 
 

@@ -21,12 +21,14 @@ from bench.report import evaluate_targets, format_table, format_targets, write_j
 from bench.settings import BenchSettings
 
 SCENARIOS = ("batch_sweep", "cold_start", "online_embeddings", "online_generation",
-             "offline_embed", "caching", "serve_batch", "reliability")
+             "offline_embed", "caching", "serve_batch", "reliability", "generation_mixed")
 # `make bench`: the throughput scenarios. The caching benchmark (~5 min), the batcher
-# comparison (serve_batch) and the reliability scenario (~4 min, its own `raysight serve`)
-# run on their own (`--only`); their rows stay in latest.json from their last run.
+# comparison (serve_batch), the reliability scenario (~4 min, its own `raysight serve`) and
+# the scheduler comparison (generation_mixed, ~4 min) run on their own (`--only`); their
+# rows stay in latest.json from their last run.
 DEFAULT_SCENARIOS = tuple(s for s in SCENARIOS
-                          if s not in ("caching", "serve_batch", "reliability"))
+                          if s not in ("caching", "serve_batch", "reliability",
+                                       "generation_mixed"))
 RAY_SCENARIOS = {"online_embeddings", "online_generation", "offline_embed", "caching",
                  "serve_batch"}
 DEFAULT_EMBED_BATCH = 16
@@ -120,6 +122,10 @@ def run(options: RunOptions, log: Callable[[str], None] = print) -> dict:
 
         timed("batch_sweep", sweep)
     log(f"embed max_batch_size: {best}")
+    if "generation_mixed" in chosen:  # in this process, no Ray: see bench/generation_mixed.py
+        from bench.generation_mixed import generation_mixed
+
+        timed("generation_mixed", lambda: generation_mixed(vlm, settings, log))
     if "cold_start" in chosen:
         from bench.coldstart import cold_start
 

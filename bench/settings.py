@@ -32,6 +32,10 @@ class BenchSettings:
     # serve_batch (bench/serve_batch.py): DrainBatcher vs @serve.batch vs max_batch_size=1.
     serve_batch_clients: int = 32
     serve_batch_window_s: float = 2.0
+    # generation_mixed (bench/generation_mixed.py): open-loop requests per scheduler, and
+    # the closed-loop check's window per repeat.
+    mixed_requests: int = 48
+    mixed_closed_window_s: float = 6.0
 
     @property
     def max_clients(self) -> int:
@@ -45,4 +49,5 @@ QUICK = BenchSettings(
     sweep_batches=(1, 8), sweep_window_s=0.2, auto_sweep_budget_s=1.0, offline_images=64,
     offline_loop_segment_s=1.0,
     cold_start_repeats=1, serve_batch_clients=8, serve_batch_window_s=0.5,
+    mixed_requests=16, mixed_closed_window_s=1.0,
 )

@@ -70,7 +70,6 @@ class _Sequence:
     offset: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
     pending: int = 0  # the last chosen token: the next decode step's input
-    cache: Any = None  # its own cache from prefill until it joins the batch
     first_token_at: float = 0.0
     admitted: SequenceStats = SequenceStats(0, 0.0)
 
@@ -220,40 +219,52 @@ class GenerationScheduler:
                 if not self._fits_with(head, admitted):
                     break  # oldest first: wait for room rather than let others pass
                 self._waiting.popleft()
-            spent += prompt
             head.admitted = SequenceStats(len(self.running) + len(admitted) + 1,
                                           time.monotonic() - head.submitted)
-            if self._prefill(head):
+            if not self._answered_from_cache(head):
+                spent += prompt
                 admitted.append(head)
-        if admitted:
-            self._join(admitted)
+        groups: dict[Any, list[_Sequence]] = {}
+        for sequence in admitted:  # e.g. BLIP batches only prompts of one length
+            groups.setdefault(self.family.batch_key(sequence.item.inputs), []).append(sequence)
+        for group in groups.values():
+            self._prefill(group)
 
-    def _prefill(self, sequence: _Sequence) -> bool:
-        """Run the prompt and pick the first token; False if the sequence already ended
-        (or failed: then it has its error)."""
+    def _prefill(self, group: list[_Sequence]) -> None:
+        """Run the group's prompts in one forward, join the batch, pick first tokens. If the
+        forward fails, each prompt runs alone, so only the one that fails fails."""
         engine = self.engine
         try:
-            cached = self._cached_answer(sequence)
-            if cached is not None:
-                self._deliver(sequence, cached)
-                return False
-            tensors, encoded = engine.device_inputs([sequence.item.inputs])
+            tensors, encoded = engine.device_inputs([s.item.inputs for s in group])
             prefill = self.family.prefill(engine.model, tensors, encoded)
-        except Exception as exc:  # noqa: BLE001 - one bad prompt fails alone
-            self._deliver(sequence, _as_error(exc, "prefill failed"))
-            return False
-        sequence.cache = prefill.cache
-        sequence.length = prefill.length
-        sequence.offset = prefill.offset
-        sequence.extras = prefill.extras
-        return not self._take_token(sequence, prefill.logits)
+        except Exception as exc:  # noqa: BLE001 - isolate the failing prompt
+            if len(group) == 1:
+                self._deliver(group[0], _as_error(exc, "prefill failed"))
+            else:
+                for sequence in group:
+                    self._prefill([sequence])
+            return
+        self.kv.join(prefill.cache, prefill.mask)
+        for row, sequence in enumerate(group):
+            sequence.length = prefill.lengths[row]
+            sequence.offset = prefill.offsets[row]
+            sequence.extras = {key: value[row:row + 1] for key, value in prefill.extras.items()}
+        self.running.extend(group)
+        first = len(self.running) - len(group)
+        self._choose(prefill.logits, rows=range(first, len(self.running)))
 
-    def _join(self, admitted: list[_Sequence]) -> None:
-        caches = [s.cache for s in admitted]
-        for sequence in admitted:
-            sequence.cache = None
-        self.kv.join(caches, [s.length for s in admitted], self.engine.device)
-        self.running.extend(admitted)
+    def _choose(self, logits, rows) -> None:
+        """Pick the next token of each running sequence in `rows` (logits row i for the
+        i-th of them); retire those that finished, freeing their cache rows."""
+        greedy = logits.argmax(dim=-1).tolist()  # one call for every greedy row
+        finished = set()
+        for index, row in enumerate(rows):
+            if self._take_token(self.running[row], logits[index], greedy[index]):
+                finished.add(row)
+        if finished:
+            keep = [row for row in range(len(self.running)) if row not in finished]
+            self.kv.keep(keep)
+            self.running = [self.running[row] for row in keep]
         self._restack_extras()
 
     def _restack_extras(self) -> None:
@@ -280,31 +291,30 @@ class GenerationScheduler:
                 self._deliver(sequence, error)
             self.running, self.kv, self._extras = [], BatchKV(), {}
             return
-        keep: list[int] = []
-        for row, sequence in enumerate(self.running):
+        for sequence in self.running:
             sequence.length += 1
-            if not self._take_token(sequence, logits[row]):
-                keep.append(row)
-        if len(keep) < len(self.running):
-            self.kv.keep(keep)
-            self.running = [self.running[row] for row in keep]
-            self._restack_extras()
+        self._choose(logits, rows=range(len(self.running)))
 
     @property
     def _step_model(self):
         return self.engine.model
 
-    def _take_token(self, sequence: _Sequence, logits) -> bool:
-        """Choose, record and stream the next token; True if the sequence is finished."""
+    def _take_token(self, sequence: _Sequence, logits, greedy: int) -> bool:
+        """Choose, record and stream the next token (`greedy`: the top one, already found);
+        True if the sequence is finished."""
         item = sequence.item
         if sequence.gone:
             self._finish(sequence, "cancelled")
             return True
         stops = self.engine.eos_ids
-        if len(sequence.tokens) < item.min_new_tokens and stops:
+        early = len(sequence.tokens) < item.min_new_tokens and stops
+        if early:
             logits = logits.clone()
             logits[list(stops)] = float("-inf")
-        token = choose_token(logits, item.temperature, item.top_p, sequence.generator)
+        if item.temperature > 0 or early:
+            token = choose_token(logits, item.temperature, item.top_p, sequence.generator)
+        else:
+            token = greedy
         if not sequence.tokens:
             sequence.first_token_at = time.monotonic()
             self._time("ttft", sequence.first_token_at - sequence.submitted)
@@ -333,11 +343,18 @@ class GenerationScheduler:
             result = _as_error(exc, "postprocess failed")
         self._deliver(sequence, result)
 
-    def _cached_answer(self, sequence: _Sequence):
-        """The response cache's answer for this chat, postprocessed, or None."""
+    def _answered_from_cache(self, sequence: _Sequence) -> bool:
+        """Answer from the response cache if it holds this chat; whether it did."""
         results: list = [None]
-        self.engine.answer_from_cache([sequence.item], results)
-        return None if results[0] is None else self.engine.postprocess(results[0])
+        try:
+            self.engine.answer_from_cache([sequence.item], results)
+            if results[0] is None:
+                return False
+            answer = self.engine.postprocess(results[0])
+        except Exception as exc:  # noqa: BLE001
+            answer = _as_error(exc, "response cache failed")
+        self._deliver(sequence, answer)
+        return True
 
     def _remember(self, sequence: _Sequence, output: GeneratedTokens) -> None:
         self.engine.remember_answers([sequence.item], [output])

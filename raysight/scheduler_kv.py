@@ -1,9 +1,9 @@
 """The running batch's KV cache: one left-padded cache that sequences join and leave.
 
-Each sequence is prefilled alone into its own cache (batch 1, no padding). To join the
-running batch its keys and values are padded on the left to the batch's width (or the batch
-is padded to theirs) and concatenated along the batch dimension; the attention mask marks
-the padding. A sequence that leaves is dropped with one index_select, and columns that are
+The requests admitted in one step are prefilled together, left padded, into a cache of
+their own. To join the running batch its keys and values are padded on the left to the
+batch's width (or the batch is padded to theirs) and concatenated along the batch
+dimension; the attention mask marks the padding. A sequence that leaves is dropped with one index_select, and columns that are
 padding in every remaining row (left behind by a long sequence that finished) are trimmed,
 so the width is always the longest running sequence. Both copies happen only when the batch
 changes; a decode step itself only appends one column (as `generate` does).
@@ -67,34 +67,27 @@ class BatchKV:
     def width(self) -> int:
         return 0 if self.mask is None else int(self.mask.shape[1])
 
-    def join(self, caches: list, lengths: list[int], device) -> None:
-        """Append sequences (each a batch-1 cache of `lengths[i]` tokens) as the last rows."""
+    def join(self, cache, mask) -> None:
+        """Append a prefilled block as the last rows: `cache` holds its prompts left padded,
+        `mask` [rows, width] marks their real columns. The narrower side is padded on the
+        left to the wider one's width."""
         import torch
 
-        width = max([self.width, *lengths])
-        parts = [] if self.cache is None else [self.cache]
-        masks = [] if self.mask is None else [self.mask]
-        all_caches = parts + list(caches)
-        template = all_caches[0]
-        self_parts = [_parts(c)[0] for c in all_caches]
-        cross_parts = [_parts(c)[1] for c in all_caches]
-        joined_layers = [_layers(p) for p in self_parts]
-        for index, layer in enumerate(_layers(_parts(template)[0])):
-            layer.keys = torch.cat([_pad_left(ls[index].keys, width) for ls in joined_layers])
-            layer.values = torch.cat([_pad_left(ls[index].values, width)
-                                      for ls in joined_layers])
-        if cross_parts[0] is not None:
-            cross_layers = [_layers(p) for p in cross_parts]
-            for index, layer in enumerate(_layers(cross_parts[0])):
-                layer.keys = torch.cat([ls[index].keys for ls in cross_layers])
-                layer.values = torch.cat([ls[index].values for ls in cross_layers])
-        for length in lengths:
-            row = torch.zeros((1, width), dtype=torch.long, device=device)
-            row[:, width - length:] = 1
-            masks.append(row)
-        masks = [m if m.shape[1] == width else _pad_mask(m, width) for m in masks]
-        self.cache = template
-        self.mask = torch.cat(masks)
+        if self.cache is None:
+            self.cache, self.mask = cache, mask.long()
+            _layers(_parts(cache)[0])  # refuse unsupported cache layouts at the first join
+            return
+        width = max(self.width, int(mask.shape[1]))
+        (mine, my_cross), (theirs, their_cross) = _parts(self.cache), _parts(cache)
+        for layer, other in zip(_layers(mine), _layers(theirs)):
+            layer.keys = torch.cat([_pad_left(layer.keys, width), _pad_left(other.keys, width)])
+            layer.values = torch.cat([_pad_left(layer.values, width),
+                                      _pad_left(other.values, width)])
+        if my_cross is not None:
+            for layer, other in zip(_layers(my_cross), _layers(their_cross)):
+                layer.keys = torch.cat([layer.keys, other.keys])
+                layer.values = torch.cat([layer.values, other.values])
+        self.mask = torch.cat([_pad_mask(self.mask, width), _pad_mask(mask.long(), width)])
 
     def grow(self) -> None:
         """One decode step appended a real column to every row (call after the step)."""
@@ -144,14 +137,7 @@ def _pad_mask(mask, width: int):
     import torch
 
     missing = width - mask.shape[1]
+    if missing == 0:
+        return mask
     return torch.cat([mask.new_zeros((mask.shape[0], missing)), mask], dim=1)
 
-
-def cache_bytes_per_token(cache) -> int:
-    """Bytes one token takes in a batch-1 self-attention cache (all layers, keys + values)."""
-    part = _parts(cache)[0]
-    total = 0
-    for layer in _layers(part):
-        length = max(int(layer.keys.shape[-2]), 1)
-        total += (layer.keys.nbytes + layer.values.nbytes) // length
-    return total

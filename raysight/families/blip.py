@@ -55,18 +55,20 @@ class BlipFamily(GenerativeFamily):
 
     # -- step-by-step decoding (raysight/scheduler.py) --------------------------------------
     def prefill(self, model, tensors: dict[str, Any], encoded: dict[str, Any]) -> Prefill:
-        """What BLIP's generate does before its first token: encode the image, swap [CLS]
+        """What BLIP's generate does before its first token: encode the images, swap [CLS]
         for BOS, drop the trailing [SEP], then run the text decoder over that prefix with
-        cross-attention to the image. The image embeddings ride along as extras: each decode
-        step hands them to cross-attention again (its keys and values come from the cache)."""
+        cross-attention to the image. Rows share a prompt length (batch_key), so there is no
+        padding. The image embeddings ride along as extras: each decode step hands them to
+        cross-attention again (its keys and values come from the cache)."""
         import torch
         from transformers import DynamicCache, EncoderDecoderCache
 
         text = model.config.text_config
         embeds = model.vision_model(pixel_values=tensors["pixel_values"])[0]
+        rows = int(embeds.shape[0])
         ids = tensors.get("input_ids")
         if ids is None:
-            ids = torch.tensor([[model.decoder_input_ids, text.eos_token_id]],
+            ids = torch.tensor([[model.decoder_input_ids, text.eos_token_id]] * rows,
                                device=embeds.device)
         ids = ids.clone()
         ids[:, 0] = text.bos_token_id
@@ -80,8 +82,8 @@ class BlipFamily(GenerativeFamily):
             encoder_attention_mask=image_mask, past_key_values=cache, use_cache=True,
             is_decoder=True)
         extras = {"encoder_hidden_states": embeds, "encoder_attention_mask": image_mask}
-        return Prefill(output.logits[0, -1], output.past_key_values, int(ids.shape[1]),
-                       extras=extras)
+        return Prefill(output.logits[:, -1], output.past_key_values, mask,
+                       mask.sum(-1).tolist(), [0] * rows, extras=extras)
 
     def decode(self, model, input_ids, attention_mask, positions, offsets, cache, extras):
         """BLIP's decoder has absolute position embeddings: positions given explicitly keep

@@ -88,22 +88,22 @@ class Qwen2VLFamily(GenerativeFamily):
         ]
 
     # -- step-by-step decoding (raysight/scheduler.py) --------------------------------------
-    def prefill_positions(self, model, tensors: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    def prefill_positions(self, model, tensors: dict[str, Any],
+                          text) -> tuple[dict[str, Any], list[int]]:
         """M-RoPE: image tokens get (t, h, w) positions from their grid, so every later
-        position is the text position plus this sequence's `rope_delta`. Passed explicitly
-        (text row first, as generate does) so the model's own stored rope_deltas, which
-        belong to whole generate calls, are neither read nor written."""
+        position is the text position plus the row's `rope_delta`. Passed explicitly (text
+        row first, as generate does) so the model's own stored rope_deltas, which belong to
+        whole generate calls, are neither read nor written."""
         import torch
 
-        ids = tensors["input_ids"]
-        text = torch.arange(ids.shape[1], device=ids.device).view(1, 1, -1)
+        rows = int(text.shape[0])
         if "image_grid_thw" not in tensors or "mm_token_type_ids" not in tensors:
-            return {"position_ids": text.expand(4, 1, -1)}, 0
-        kwargs = {key: tensors[key] for key in ("image_grid_thw", "attention_mask")
-                  if key in tensors}
+            return {"position_ids": text[None].expand(4, -1, -1)}, [0] * rows
         spatial, delta = model.model.get_rope_index(
-            ids, mm_token_type_ids=tensors["mm_token_type_ids"], **kwargs)
-        return {"position_ids": torch.cat([text, spatial], dim=0)}, int(delta.reshape(-1)[0])
+            tensors["input_ids"], mm_token_type_ids=tensors["mm_token_type_ids"],
+            image_grid_thw=tensors["image_grid_thw"], attention_mask=tensors["attention_mask"])
+        return ({"position_ids": torch.cat([text[None], spatial], dim=0)},
+                [int(d) for d in delta.reshape(-1).tolist()])
 
     def decode_positions(self, positions, offsets):
         """[4, batch, 1]: the text position, then t, h and w all at text + rope_delta."""

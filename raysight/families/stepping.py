@@ -19,17 +19,27 @@ from typing import Any
 
 @dataclass
 class Prefill:
-    """One sequence after its prompt ran: the next-token logits and its own KV cache.
+    """Sequences after their prompts ran together: next-token logits and their KV cache.
 
-    `length` is the tokens in `cache` (its positions run 0..length-1); `offset` is added to
-    a text position to get the model's position (0 but for M-RoPE); `extras` are batch-1
-    tensors that every decode step takes again, stacked along the batch dimension."""
+    `logits` [batch, vocab]; `cache` holds the prompts left padded to one width, `mask`
+    [batch, width] marks the real columns (1) and padding (0); `lengths` are each row's real
+    tokens (its next text position); `offsets` are added to a text position to get the
+    model's position (0 but for M-RoPE); `extras` are [batch, ...] tensors every decode
+    step takes again."""
 
     logits: Any
     cache: Any
-    length: int
-    offset: int = 0
+    mask: Any
+    lengths: list[int]
+    offsets: list[int]
     extras: dict[str, Any] = field(default_factory=dict)
+
+
+def text_positions(mask):
+    """Each token's position among its row's real tokens, as generate counts them (padding
+    gets 1; the mask hides it)."""
+    positions = mask.long().cumsum(-1) - 1
+    return positions.masked_fill(mask == 0, 1)
 
 
 class StepwiseDecoding:
@@ -37,20 +47,23 @@ class StepwiseDecoding:
     the text positions."""
 
     def prefill(self, model, tensors: dict[str, Any], encoded: dict[str, Any]) -> Prefill:
-        """Run one item's prompt (batch 1, no padding) into a fresh cache. `tensors` are on
-        the device; `encoded` holds `mm_encoder_outputs` when the vision cache supplied them."""
+        """Run a left-padded batch of prompts (collated by the family, on the device) into a
+        fresh cache; `encoded` holds `mm_encoder_outputs` when the vision cache supplied
+        them. The same inputs and positions as generate's first step."""
         from transformers import DynamicCache
 
-        length = int(tensors["input_ids"].shape[1])
-        positions, offset = self.prefill_positions(model, tensors)
+        mask = tensors["attention_mask"]
+        positions, offsets = self.prefill_positions(model, tensors, text_positions(mask))
         output = model(**tensors, **encoded, **positions, past_key_values=DynamicCache(),
                        use_cache=True, logits_to_keep=1)
-        return Prefill(output.logits[0, -1], output.past_key_values, length, offset)
+        return Prefill(output.logits[:, -1], output.past_key_values, mask,
+                       mask.sum(-1).tolist(), offsets)
 
-    def prefill_positions(self, model, tensors: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        """Extra forward arguments that place the prompt, and the sequence's position offset.
-        A lone unpadded prompt needs none: the model counts 0..length-1 itself."""
-        return {}, 0
+    def prefill_positions(self, model, tensors: dict[str, Any],
+                          text) -> tuple[dict[str, Any], list[int]]:
+        """Extra forward arguments that place the prompts (`text`: their text positions),
+        and each row's position offset."""
+        return {"position_ids": text}, [0] * int(text.shape[0])
 
     def decode_positions(self, positions, offsets):
         """The position_ids of one decode step: `positions` [batch, 1] are the text positions
