@@ -110,6 +110,8 @@ TARGETS = (
            "generation_mixed", "ttft_p99_ms", "continuous/static", None, 0.5, at_most=True),
     Target("mixed generation: output tokens/s, continuous / static", "generation_mixed",
            "tokens_per_s", "continuous/static", None, 1.0),
+    Target("mixed generation: capacity on a burst, continuous / static", "generation_mixed",
+           "capacity_rps", "continuous/static", None, 1.0),
     Target("closed-loop generation (8 clients, 16 tokens): continuous / static tokens/s",
            "generation_mixed", "closed_tokens_per_s", "continuous/static", None, 1.0),
 )

@@ -102,3 +102,46 @@ def test_a_disconnected_stream_stops_generating(scheduler, tiny_models, rng):
             assert _wait_for(lambda: bool(finished))
             assert finished[0].finish_reason == "cancelled"
             assert finished[0].completion_tokens < MAX_TOKENS
+
+
+@pytest.mark.parametrize("scheduler", ["static", "continuous"])
+def test_a_cancelled_plain_request_stops_generating(scheduler, tiny_models, rng):
+    """What Ray Serve does when a non-streaming client disconnects: it cancels the
+    replica's call. The generation stops at its next token instead of running to the end."""
+    import asyncio
+
+    from serve_app.deployment import ModelServer
+
+    spec = ModelSpec(model=tiny_models["qwen2-vl"], scheduler=scheduler,
+                     generation={"max_new_tokens_limit": MAX_TOKENS},
+                     preprocess_cache_bytes=0, vision_cache_bytes=0)
+    server = ModelServer(spec, torch_threads=1)
+    finished: list = []
+    if scheduler == "static":
+        run_batch = server.batcher.run_batch
+        server.batcher.run_batch = lambda items: finished.extend(out := run_batch(items)) or out
+
+    async def scenario() -> None:
+        started = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        request = GenerateRequest.from_prompt(
+            "Describe the image.", noise_image(rng, 32, 32), max_new_tokens=MAX_TOKENS,
+            on_text=lambda _: loop.call_soon_threadsafe(started.set))
+        call = asyncio.ensure_future(server.generate(request))
+        await asyncio.wait_for(started.wait(), 60)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+    try:
+        asyncio.run(scenario())
+        if scheduler == "continuous":
+            scheduled = server.batcher.scheduler
+            assert _wait_for(lambda: scheduled.finished["cancelled"] == 1), scheduled.finished
+            assert scheduled.stats().running == 0
+        else:
+            assert _wait_for(lambda: bool(finished))
+            assert finished[0].finish_reason == "cancelled"
+            assert finished[0].completion_tokens < MAX_TOKENS
+    finally:
+        server.batcher.close()
