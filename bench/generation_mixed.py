@@ -2,8 +2,9 @@
 
 Workload (issue #19): Poisson arrivals at about 80% of the static batcher's capacity, one
 image per request, mixed max_tokens (25% at 64, 75% at 4-8), the Qwen2-VL-shaped bench
-model. Both schedulers serve the same arrival times, images and token limits, one after the
-other, each through the model replica's own code (serve_app ModelServer.generate_stream:
+model. Both schedulers serve the same arrival times, images and token limits, in segments
+of the arrivals taken in alternating order (static then continuous, then the other way
+round), each through the model replica's own code (serve_app ModelServer.generate_stream:
 preprocess on a worker thread, then its batcher), in this process without HTTP or Ray: the
 HTTP and Ray hops cost both schedulers the same and would only add noise here.
 
@@ -42,6 +43,8 @@ LONG_SHARE = 0.25
 # The closed-loop check: online_generation's workload (16 new tokens, 8 clients).
 CLOSED_TOKENS = 16
 CLOSED_CLIENTS = 8
+# The open loop's arrivals run in this many segments, each on both schedulers in turn.
+MIXED_SEGMENTS = 4
 
 
 @dataclass(frozen=True)
@@ -115,20 +118,30 @@ async def _open_loop(server, arrivals: list[Arrival], images: list) -> tuple[lis
 
 
 async def _closed_loop(server, clients: int, seconds: float, images: list) -> float:
-    """Output tokens/s of `clients` closed-loop clients, each asking for CLOSED_TOKENS."""
+    """Streamed text pieces per second (about one per token) of `clients` closed-loop
+    clients asking for CLOSED_TOKENS each, counted up to the window's end: pieces of answers
+    still running count too, so a window shorter than a few answers is still fair."""
+    from serve_app.stream_events import Delta
+
     began = time.perf_counter()
-    tokens = 0
+    end = began + seconds
+    pieces = 0
 
     async def client(index: int) -> None:
-        nonlocal tokens
+        nonlocal pieces
         turn = 0
-        while time.perf_counter() - began < seconds:
+        while time.perf_counter() < end:
             image = images[(index * 7 + turn) % len(images)]
-            tokens += (await _one(server, image, CLOSED_TOKENS, time.perf_counter())).tokens
+            stream = server.generate_stream(_request(image, CLOSED_TOKENS))
+            async for event in stream:
+                if time.perf_counter() >= end:
+                    break
+                pieces += isinstance(event, Delta)
+            await stream.aclose()  # a client that stops reading: its sequence is dropped
             turn += 1
 
     await asyncio.gather(*(client(i) for i in range(clients)))
-    return tokens / (time.perf_counter() - began)
+    return pieces / seconds
 
 
 async def _burst(server, arrivals: list[Arrival], images: list) -> float:
@@ -184,9 +197,24 @@ async def _measure(servers: dict, batch: int, count: int, images: list,
     rows.append(row(SCENARIO, "continuous", "capacity_rps", round(continuous, 3), unit="req/s"))
     log(f"  continuous capacity {continuous:.2f} req/s on the same burst")
     arrivals = workload(count, rate, seed=3)
+    # Segments of the arrivals, each served by both schedulers in alternating order, so
+    # that load drifting on the shared machine falls on both alike.
+    outcomes: dict[str, list[Outcome]] = {"static": [], "continuous": []}
+    seconds = {"static": 0.0, "continuous": 0.0}
+    loads: dict[str, list[float]] = {"static": [], "continuous": []}
+    size = max(1, count // MIXED_SEGMENTS)
+    for segment, first in enumerate(range(0, count, size)):
+        part = arrivals[first:first + size]
+        part = [Arrival(a.at_s - part[0].at_s, a.max_tokens, a.image) for a in part]
+        order = ("static", "continuous") if segment % 2 == 0 else ("continuous", "static")
+        for name in order:
+            got, took = await _open_loop(servers[name], part, images)
+            outcomes[name] += got
+            seconds[name] += took
+            loads[name].append(os.getloadavg()[0])
     for name in ("static", "continuous"):
-        outcomes, seconds = await _open_loop(servers[name], arrivals, images)
-        figures = _figures(name, outcomes, seconds, os.getloadavg()[0])
+        figures = _figures(name, outcomes[name], seconds[name],
+                           sum(loads[name]) / len(loads[name]))
         rows += figures
         log(f"  {name:10s} " + ", ".join(f"{r['metric']} {r['value']}" for r in figures))
     # Closed loop, alternating order over the repeats so drifting load hits both alike.
@@ -197,7 +225,7 @@ async def _measure(servers: dict, batch: int, count: int, images: list,
             closed[name].append(await _closed_loop(servers[name], CLOSED_CLIENTS,
                                                    settings.mixed_closed_window_s, images))
     for name, values in closed.items():
-        rows.append(median_row(SCENARIO, name, "closed_tokens_per_s", values, unit="tok/s",
+        rows.append(median_row(SCENARIO, name, "closed_tokens_per_s", values, unit="piece/s",
                                closed_clients=CLOSED_CLIENTS))
         log(f"  {name:10s} closed loop, {CLOSED_CLIENTS} clients: "
             + ", ".join(f"{v:.1f}" for v in values) + " tok/s")

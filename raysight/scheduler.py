@@ -114,6 +114,7 @@ class GenerationScheduler:
         self._waiting: collections.deque[_Sequence] = collections.deque()
         self._lock = threading.Condition()
         self.steps = 0
+        self.step_started: float | None = None  # monotonic start of the step running now
         # Requests finished, by reason: stop, length, cancelled (client gone), error.
         self.finished: collections.Counter[str] = collections.Counter()
 
@@ -187,11 +188,15 @@ class GenerationScheduler:
         import torch
 
         self.steps += 1
-        with torch.inference_mode():
-            self._drop_gone_waiting()
-            self._admit()
-            if self.running:
-                self._decode()
+        self.step_started = time.monotonic()
+        try:
+            with torch.inference_mode():
+                self._drop_gone_waiting()
+                self._admit()
+                if self.running:
+                    self._decode()
+        finally:
+            self.step_started = None
 
     def _drop_gone_waiting(self) -> None:
         with self._lock:
@@ -324,7 +329,11 @@ class GenerationScheduler:
         sequence.tokens.append(token)
         sequence.pending = token
         if sequence.text is not None:
-            sequence.text.add(token)
+            try:
+                sequence.text.add(token)
+            except Exception:  # noqa: BLE001 - a broken stream must not stop the others
+                logger.exception("streaming a token failed; this request streams no more")
+                sequence.text = None
         if len(sequence.tokens) >= item.max_new_tokens:
             self._finish(sequence, "length")
             return True

@@ -12,8 +12,10 @@ the deployment treats both schedulers alike.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from typing import Any, Callable
+import time
+from typing import Any, Callable, Iterator
 
 from raysight.scheduler import GenerationScheduler, SchedulerStats
 
@@ -30,6 +32,12 @@ class ContinuousBatcher:
             name="raysight-scheduler", daemon=True)
         self._thread.start()
 
+    @contextlib.contextmanager
+    def incoming(self) -> Iterator[None]:
+        """A request is being prepared (DrainBatcher's contract): the scheduler never waits
+        for one, it admits whatever has arrived at each step."""
+        yield
+
     @property
     def queued(self) -> int:
         return self.scheduler.stats().waiting
@@ -44,7 +52,10 @@ class ContinuousBatcher:
         future = loop.create_future()
 
         def done(result, stats) -> None:
-            loop.call_soon_threadsafe(_settle, future, (result, stats))
+            try:
+                loop.call_soon_threadsafe(_settle, future, (result, stats))
+            except RuntimeError:  # the loop closed (replica shutting down): no one waits
+                pass
 
         if prepared.cancelled is None:
             prepared.cancelled = threading.Event()
@@ -55,6 +66,20 @@ class ContinuousBatcher:
             prepared.cancelled.set()  # retired at the scheduler's next step
             self.scheduler.wake()
             raise
+
+    def running_for(self) -> float:
+        """Seconds the scheduler's current step has been running (0 between steps): one
+        step is one prefill or one decode, so a long one means a stuck model thread."""
+        started = self.scheduler.step_started
+        return 0.0 if started is None else time.monotonic() - started
+
+    def fault(self) -> str | None:
+        """Why this batcher can no longer answer, or None while it can."""
+        if self._stop.is_set():
+            return "the scheduler is closed"
+        if not self._thread.is_alive():
+            return "the scheduler thread died"
+        return None
 
     def close(self) -> None:
         self._stop.set()

@@ -52,6 +52,15 @@ class Served:
         return self.result if isinstance(self.result, RaysightError) else None
 
 
+def _hand_over(loop, pieces: asyncio.Queue, text: str) -> None:
+    """Give a streamed piece to the request's loop (from the model thread); a loop already
+    closed (the replica is shutting down) has no one left to read it."""
+    try:
+        loop.call_soon_threadsafe(pieces.put_nowait, text)
+    except RuntimeError:
+        pass
+
+
 def use_cores(threads: int | None) -> int:
     """Let torch use `threads` (default: every core), whatever OMP_NUM_THREADS Ray set."""
     import torch
@@ -163,9 +172,7 @@ class ModelServer:
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue = asyncio.Queue()
         # on_text runs on the model thread; hop into this loop to hand the piece over.
-        request = dataclasses.replace(
-            request, on_text=lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text)
-        )
+        request = dataclasses.replace(request, on_text=lambda text: _hand_over(loop, pieces, text))
         with self.batcher.incoming():
             prepared = await self._prepare(request)
         if isinstance(prepared, RaysightError):

@@ -183,3 +183,13 @@ def test_seeded_sampling_is_per_request(engines, rng):
     draws = _collect(engine, other, unseeded)
     other.run_until_idle()
     assert len({tuple(draws[i].token_ids) for i in range(3)}) > 1  # seeds do change draws
+
+
+def test_the_serve_batcher_reports_its_health(engines):
+    """ContinuousBatcher answers the questions a replica's health check asks."""
+    from serve_app.continuous import ContinuousBatcher
+
+    batcher = ContinuousBatcher(_scheduler(engines("qwen2-vl")))
+    assert batcher.fault() is None and batcher.running_for() == 0.0
+    batcher.close()
+    assert batcher.fault() == "the scheduler is closed"
