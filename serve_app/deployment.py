@@ -115,6 +115,7 @@ class ModelServer:
             self.engine, max_running=spec.max_running_sequences,
             kv_cache_tokens=spec.kv_cache_tokens,
             prefill_tokens_per_step=spec.prefill_tokens_per_step,
+            admit_every_steps=spec.admit_every_steps,
             on_timing=metrics.record_timing)
         return ContinuousBatcher(scheduler, on_step=on_step)
 

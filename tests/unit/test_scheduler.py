@@ -53,7 +53,8 @@ def _requests(rng, **kwargs):
 
 
 def _scheduler(engine, **kwargs) -> GenerationScheduler:
-    options = dict(max_running=8, kv_cache_tokens=100_000, prefill_tokens_per_step=4096)
+    options = dict(max_running=8, kv_cache_tokens=100_000, prefill_tokens_per_step=4096,
+                   admit_every_steps=1)
     options.update(kwargs)
     return GenerationScheduler(engine, **options)
 
@@ -193,3 +194,29 @@ def test_the_serve_batcher_reports_its_health(engines):
     assert batcher.fault() is None and batcher.running_for() == 0.0
     batcher.close()
     assert batcher.fault() == "the scheduler is closed"
+
+
+def test_admissions_are_gathered_while_sequences_decode(engines, rng):
+    """With admit_every_steps=3, requests arriving while one decodes wait (at most three
+    steps) and join together; their tokens are still the ones they get alone."""
+    engine = engines("qwen2-vl")
+    requests = _requests(rng)
+    scheduler = _scheduler(engine, admit_every_steps=3)
+    results = _collect(engine, scheduler, requests[:1])
+    scheduler.step()  # nothing ran: admitted at once
+    assert scheduler.stats().running == 1
+    more = {}
+    for index, request in enumerate(requests[2:4]):
+        scheduler.submit(engine.preprocess(request),
+                         lambda result, _stats, i=index: more.__setitem__(i, result))
+    running = []
+    for _ in range(3):
+        scheduler.step()
+        running.append(scheduler.stats().running)
+    # Both join at the third step; the 1-token request leaves at its first token.
+    assert running == [1, 1, 2]
+    assert 1 in more  # ... and was answered then
+    scheduler.run_until_idle()
+    alone = [engine.run([request])[0] for request in [requests[0], *requests[2:4]]]
+    assert [results[0].token_ids, more[0].token_ids, more[1].token_ids] == [
+        a.token_ids for a in alone]
