@@ -176,9 +176,9 @@ class ModelSpec(_Frozen):
         "running batch at every decode step (raysight/scheduler.py), bounded by "
         "kv_cache_tokens; 'static' runs each batch's generate to the end of its longest "
         "answer (new requests wait for the whole batch). Continuous is the default: on a mix "
-        "of short and long answers (README, Benchmarks) it cut the p99 time to first token "
-        "to a third and served a fifth more requests per second, but each admission's "
-        "prefill pauses the running decodes, so on a CPU the median short answer took longer.",
+        "of short and long answers (README, Benchmarks) short answers' median latency fell "
+        "to 0.38x and the p99 time to first token to 0.57x of the static batcher's, and a "
+        "closed loop of 8 clients got 2.3x the tokens/s.",
     )
     max_running_sequences: int = Field(
         16, gt=0,
