@@ -103,6 +103,8 @@ def choose_token(logits, temperature: float, top_p: float, generator=None) -> in
     if top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
         before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-        sorted_probs[before >= top_p] = 0.0
+        cut = before >= top_p
+        cut[..., 0] = False  # the top token stays, however small top_p (1e-300 is 0 in fp32)
+        sorted_probs[cut] = 0.0
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))

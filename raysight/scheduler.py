@@ -279,7 +279,13 @@ class GenerationScheduler:
         greedy = logits.argmax(dim=-1).tolist()  # one call for every greedy row
         finished = set()
         for index, row in enumerate(rows):
-            if self._take_token(self.running[row], logits[index], greedy[index]):
+            sequence = self.running[row]
+            try:
+                done = self._take_token(sequence, logits[index], greedy[index])
+            except Exception as exc:  # noqa: BLE001 - this sequence fails alone
+                self._deliver(sequence, _as_error(exc, "choosing a token failed"))
+                done = True
+            if done:
                 finished.add(row)
         if finished:
             keep = [row for row in range(len(self.running)) if row not in finished]

@@ -61,3 +61,13 @@ def test_token_limits_are_checked_with_the_defaults_filled_in():
         resolve_sampling(defaults, max_new_tokens=4, min_new_tokens=5)
     with pytest.raises(InvalidRequest, match="max_new_tokens: Input should be greater than"):
         resolve_sampling(defaults, max_new_tokens=0)
+
+
+def test_a_vanishing_top_p_keeps_the_top_token():
+    """top_p=1e-300 is 0 in float32; the draw must still be the top token, not an error."""
+    import torch
+
+    from raysight.sampling import choose_token
+
+    logits = torch.tensor([0.1, 3.0, 0.2, -1.0])
+    assert choose_token(logits, 1.0, 1e-300, torch.Generator().manual_seed(0)) == 1

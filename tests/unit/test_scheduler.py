@@ -220,3 +220,27 @@ def test_admissions_are_gathered_while_sequences_decode(engines, rng):
     alone = [engine.run([request])[0] for request in [requests[0], *requests[2:4]]]
     assert [results[0].token_ids, more[0].token_ids, more[1].token_ids] == [
         a.token_ids for a in alone]
+
+
+def test_a_failing_token_choice_fails_that_request_alone(engines, rng, monkeypatch):
+    """An error while one sequence's token is chosen answers that request with an error;
+    its batchmates finish with the tokens they get alone."""
+    import raysight.scheduler as scheduler_module
+
+    engine = engines("qwen2-vl")
+    requests = _requests(rng)[:3]
+    sampled = dataclasses.replace(requests[1], temperature=1.0, seed=3)
+    real = scheduler_module.choose_token
+
+    def breaks_when_sampling(logits, temperature, top_p, generator=None):
+        if temperature > 0:
+            raise RuntimeError("invalid multinomial distribution")
+        return real(logits, temperature, top_p, generator)
+
+    monkeypatch.setattr(scheduler_module, "choose_token", breaks_when_sampling)
+    scheduler = _scheduler(engine)
+    results = _collect(engine, scheduler, [requests[0], sampled, requests[2]])
+    scheduler.run_until_idle()
+    assert not isinstance(results[1], GenerateResult)
+    alone = [engine.run([request])[0] for request in (requests[0], requests[2])]
+    assert [results[0].token_ids, results[2].token_ids] == [a.token_ids for a in alone]
