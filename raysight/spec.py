@@ -180,9 +180,10 @@ class ModelSpec(_Frozen):
         "to 0.38x and the p99 time to first token to 0.57x of the static batcher's, and a "
         "closed loop of 8 clients got 2.3x the tokens/s.",
     )
-    max_running_sequences: int = Field(
-        16, gt=0,
-        description="Continuous scheduler: most sequences decoding together in one step.",
+    max_running_sequences: int | None = Field(
+        None, gt=0,
+        description="Continuous scheduler: most sequences decoding together in one step; "
+        "unset: max_batch_size.",
     )
     kv_cache_tokens: int = Field(
         65_536, gt=0,

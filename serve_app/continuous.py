@@ -13,19 +13,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from typing import Any, Callable, Iterator
 
 from raysight.scheduler import GenerationScheduler, SchedulerStats
 
+logger = logging.getLogger(__name__)
+
 
 class ContinuousBatcher:
     """Runs a GenerationScheduler on a model thread for one replica."""
 
     def __init__(self, scheduler: GenerationScheduler,
-                 on_step: Callable[[SchedulerStats], None] | None = None):
+                 on_step: Callable[[SchedulerStats], None] | None = None,
+                 on_admitted: Callable[[int, float], None] | None = None):
         self.scheduler = scheduler
+        self.on_admitted = on_admitted  # (running set joined, queue wait s) for metrics
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=scheduler.run, args=(self._stop,), kwargs={"on_step": on_step},
@@ -52,6 +57,11 @@ class ContinuousBatcher:
         future = loop.create_future()
 
         def done(result, stats) -> None:
+            if self.on_admitted is not None and stats.batch_size:
+                try:
+                    self.on_admitted(stats.batch_size, stats.queue_wait_s)
+                except Exception:  # noqa: BLE001 - metrics must never lose an answer
+                    logger.exception("admission metrics failed")
             try:
                 loop.call_soon_threadsafe(_settle, future, (result, stats))
             except RuntimeError:  # the loop closed (replica shutting down): no one waits

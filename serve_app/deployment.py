@@ -112,12 +112,13 @@ class ModelServer:
             self.record_cache_stats()
 
         scheduler = GenerationScheduler(
-            self.engine, max_running=spec.max_running_sequences,
+            self.engine, max_running=spec.max_running_sequences or spec.max_batch_size,
             kv_cache_tokens=spec.kv_cache_tokens,
             prefill_tokens_per_step=spec.prefill_tokens_per_step,
             admit_every_steps=spec.admit_every_steps,
             on_timing=metrics.record_timing)
-        return ContinuousBatcher(scheduler, on_step=on_step)
+        return ContinuousBatcher(scheduler, on_step=on_step,
+                                 on_admitted=self.metrics.record_admission)
 
     def info(self) -> dict[str, Any]:
         """What clients and the ingress need to know about this model."""

@@ -99,6 +99,13 @@ class ModelMetrics:
         )
         self.items = _counter("raysight_model_items", "Items the model processed.", keys)
 
+    def record_admission(self, running: int, wait: float) -> None:
+        """Continuous scheduler: one request joined a running set of `running` sequences
+        after waiting `wait` s (the batch-size histogram then holds running-set sizes)."""
+        self.batch_size.observe(running, tags=self.tags)
+        self.items.inc(1, tags=self.tags)
+        self.queue_wait.observe(wait, tags=self.tags)
+
     def record_batch(self, size: int, waits: list[float]) -> None:
         self.batch_size.observe(size, tags=self.tags)
         self.items.inc(size, tags=self.tags)
