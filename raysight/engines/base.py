@@ -25,11 +25,22 @@ class Engine:
         self.family = loaded.family
         self.device = loaded.device
         self.dtype = loaded.dtype
+        from raysight.images import working_size_for
+
+        self.image_working_size = working_size_for(self.processor)
         self.batch_choice = None  # how `max_batch_size: auto` was resolved (autobatch.py)
         # Before any cache wraps the processor: preprocess hands out uint8 pixels, and the
         # model's normalisation runs next to the forward (None: this processor's pixels stay
         # float32). See raysight/pixels.py.
         self.pixels = install_raw_pixels(self.processor, self.family.pixel_layout)
+
+    def load_image(self, source: Any):
+        """Decode one image source within the spec's image policy, reduced early toward what
+        this model's processor keeps (raysight.images.WorkingSize)."""
+        from raysight.images import load_image, working_size
+
+        with working_size(self.image_working_size):
+            return load_image(source, self.spec.images)
 
     def preprocess(self, request: Any) -> Any:
         raise NotImplementedError

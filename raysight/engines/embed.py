@@ -76,8 +76,6 @@ class EmbedEngine(Engine):
 
     # -- 1. preprocess -------------------------------------------------------------------
     def preprocess(self, request: EmbedRequest) -> PreparedEmbed:
-        from raysight.images import load_image
-
         has_image, has_text = request.image is not None, request.text is not None
         if has_image == has_text:
             raise InvalidRequest("give exactly one of an image or a text to embed")
@@ -88,7 +86,7 @@ class EmbedEngine(Engine):
             if not has_image or not labels:
                 raise InvalidRequest("classification needs an image and a non-empty list of labels")
             self._check_labels(labels)
-            image = load_image(request.image, self.spec.images)
+            image = self.load_image(request.image)
             prepared = self._prepared_image("classify", image, labels)
             # Tokenized here, per request: a label the tokenizer refuses fails this request
             # alone, never the batch it would have joined.
@@ -99,7 +97,7 @@ class EmbedEngine(Engine):
             }
             return prepared
         if has_image:
-            return self._prepared_image("image", load_image(request.image, self.spec.images))
+            return self._prepared_image("image", self.load_image(request.image))
         if not isinstance(request.text, str) or not request.text.strip():
             raise InvalidRequest("the text to embed must be a non-empty string")
         check_length(len(request.text), "text", self.spec.max_text_tokens)

@@ -116,7 +116,7 @@ class GenerateEngine(Engine):
 
     # -- 1. preprocess (CPU, per item) ---------------------------------------------------
     def preprocess(self, request: GenerateRequest) -> PreparedChat:
-        from raysight.images import check_image_count, load_image
+        from raysight.images import check_image_count
 
         spec = self.spec
         sampling = resolve_sampling(
@@ -132,7 +132,7 @@ class GenerateEngine(Engine):
         check_image_count(images_given, spec.images)
         self.family.check_image_count(images_given)
         messages, images = split_messages(
-            request.messages, lambda source: load_image(source, spec.images)
+            request.messages, self.load_image
         )
         # Each image is hashed once, here; the preprocess cache is handed the same keys.
         keys = tuple(map(image_key, images)) if images and self._needs_image_keys else ()
