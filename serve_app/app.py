@@ -205,9 +205,11 @@ def deployment_name(model: str) -> str:
     return "model-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", model)
 
 
-def model_deployment(served: ServedModel, server_class: type = ModelServer):
+def model_deployment(served: ServedModel, server_class: type = ModelServer,
+                     drain_timeout_s: float = 30.0):
     """The Serve deployment (not yet bound) of one served model: `server_class` with the
-    options of `served.deployment`."""
+    options of `served.deployment`; a replica being stopped lets its requests in flight run
+    up to `drain_timeout_s`."""
     from ray import serve
 
     options = served.deployment
@@ -223,6 +225,7 @@ def model_deployment(served: ServedModel, server_class: type = ModelServer):
         max_ongoing_requests=served.max_ongoing_requests,
         max_queued_requests=options.max_queued_requests,
         backpressure_config={"retry_after_s": options.retry_after_s},
+        graceful_shutdown_timeout_s=drain_timeout_s,
         logging_config=LOGGING_CONFIG,
         **scaling,
     )
@@ -242,6 +245,7 @@ def ingress_deployment(config: ServeConfig):
         max_ongoing_requests=ingress.max_ongoing_requests,
         max_queued_requests=ingress.max_queued_requests,
         backpressure_config={"retry_after_s": 1},
+        graceful_shutdown_timeout_s=config.drain_timeout_s,
         logging_config=LOGGING_CONFIG,
     )
 
@@ -254,13 +258,16 @@ def build_app(config: ServeConfig):
         from ray import serve
 
         [served] = config.models
-        return model_deployment(served, serve.ingress()(DirectModelServer)).bind(
+        return model_deployment(served, serve.ingress()(DirectModelServer),
+                                config.drain_timeout_s).bind(
             config, served.spec, served.deployment.torch_threads,
             stuck_batch_s=served.deployment.stuck_batch_s)
-    handles = {served.name: model_deployment(served).bind(
-                   served.spec, served.deployment.torch_threads,
-                   stuck_batch_s=served.deployment.stuck_batch_s)
-               for served in config.models}
+    handles = {
+        served.name: model_deployment(served, drain_timeout_s=config.drain_timeout_s).bind(
+            served.spec, served.deployment.torch_threads,
+            stuck_batch_s=served.deployment.stuck_batch_s)
+        for served in config.models
+    }
     return ingress_deployment(config).bind(config, handles)
 
 

@@ -213,6 +213,12 @@ class ServeConfig(_Frozen):
         "assets from an installed package (no CDN). They are open without the API key; Swagger "
         "UI's Authorize button takes the key for 'Try it out'. false turns all three off.",
     )
+    drain_timeout_s: float = Field(
+        30.0, ge=0, le=3600,
+        description="On SIGTERM or Ctrl-C, `raysight serve` stops taking requests and waits "
+        "up to this long for those in flight before it stops the app (each replica's "
+        "graceful shutdown timeout).",
+    )
     app_name: str = Field("raysight", description="The Serve application name.")
     route_prefix: str = Field(
         "/",

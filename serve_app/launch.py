@@ -61,62 +61,68 @@ def _proxy_address(config: ServeConfig) -> tuple[str, int]:
     return http.host, http.port
 
 
-def resolve_ray_address(address: str | None) -> str:
-    """The Ray to use: `address` if given, else $RAY_ADDRESS, else "local" (a private Ray)."""
-    return address or os.environ.get("RAY_ADDRESS") or "local"
-
-
 def serve_config(config: ServeConfig, ray_address: str | None = None) -> None:
     """Serve `config` on Ray, print the URL and block until Ctrl-C or SIGTERM.
 
-    With no address (and no $RAY_ADDRESS) Ray is a private local instance, and stopping shuts
-    Serve and that Ray down. With one, this command joined a cluster that others use: stopping
-    deletes only this command's application and leaves the cluster, Serve and other apps up.
+    With no address (and no $RAY_ADDRESS) Ray is raysight's private local Ray
+    (raysight/local_ray.py: 127.0.0.1 only, token auth). With one, this command joined a
+    cluster that others use. Either way, stopping is graceful: the app stops taking requests,
+    those in flight get up to `config.drain_timeout_s` to finish, then the app is deleted; a
+    private Ray is then shut down with every process it started.
     """
     import ray
-    from ray import serve
+
+    from raysight.local_ray import LOCAL, connect_ray, resolve_ray_address
 
     address = resolve_ray_address(ray_address)
-    joined = address != "local"
-    connected_here = not ray.is_initialized()
-    if connected_here and not joined:
-        from serve_app.proxy_edge import install
+    joined = address != LOCAL
+    local = None
+    if not ray.is_initialized():
+        if not joined:
+            from serve_app.proxy_edge import install
 
-        install()  # the local Ray's Serve proxy answers a lost replica with a 503
-    if connected_here:
+            install()  # the local Ray's Serve proxy answers a lost replica with a 503
         # Logs stay in Ray's log files: forwarding them to this terminal costs throughput.
-        ray.init(address=address, log_to_driver=False,
-                 **({} if joined else {"include_dashboard": False}))
+        local = connect_ray(address, log_to_driver=False)
+    # After ray.init, which sets its own SIGTERM handler (sys.exit, no drain).
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    previous = {signum: signal.signal(signum, lambda *_: stop.set())
+                for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         url = start_serving(config)
         names = ", ".join(served.name for served in config.models)
         where = f" on the Ray cluster at {address}" if joined else ""
         print(f"raysight: serving {names} at {url} (OpenAI API at {url}/v1; try it in a "
               f"browser at {url}/){where}; Ctrl-C to stop", flush=True)
-        while not stop.wait(0.5):
+        while not stop.wait(0.1):  # a short wait: the signal handler runs between waits
             pass
-        print("raysight: shutting down", flush=True)
+        print(f"raysight: shutting down (waiting up to {config.drain_timeout_s:g} s for "
+              "requests in flight)", flush=True)
     finally:
-        _stop_serving(config, joined)
-        if connected_here:
-            ray.shutdown()  # on a joined cluster this only disconnects this process
+        try:
+            _stop_serving(config, joined)
+        finally:
+            if local is not None:
+                local.stop()
+            elif joined and ray.is_initialized():
+                ray.shutdown()  # on a joined cluster this only disconnects this process
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 def _stop_serving(config: ServeConfig, joined: bool) -> None:
-    """Undo what this command started: its own app on a joined cluster, all of Serve on a
-    private Ray."""
+    """Undo what this command started: delete its app (its replicas finish the requests in
+    flight first, up to config.drain_timeout_s), and on a private Ray all of Serve."""
     from ray import serve
 
-    if not joined:
-        serve.shutdown()
-        return
     try:
+        # Blocks until every replica of the app has stopped: Serve removes the app's routes
+        # at once (no new requests) and each replica waits for its requests in flight.
         serve.delete(config.app_name)
     except Exception:  # noqa: BLE001 - the app may never have been deployed
-        logger.warning("could not delete app %r from the cluster", config.app_name, exc_info=True)
+        logger.warning("could not delete app %r", config.app_name, exc_info=True)
+    if not joined:
+        serve.shutdown()
 
 
 def serve_models(
@@ -152,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
                         help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV})")
     parser.add_argument("--serve-config", help="a ServeConfig YAML file (instead of --model)")
+    parser.add_argument("--drain-timeout", type=float, default=None, metavar="SECONDS",
+                        help="on SIGTERM or Ctrl-C, how long requests in flight may run "
+                        "before the app stops (default 30)")
     parser.add_argument("--address",
                         help="Ray cluster to join ('auto', 'HOST:6379', 'ray://HOST:10001'); "
                         "default: $RAY_ADDRESS, else a private local Ray. Stopping a command "
@@ -169,6 +178,8 @@ def config_from_arguments(args: argparse.Namespace) -> ServeConfig:
             data = yaml.safe_load(handle) or {}
         data.setdefault("host", args.host)
         data.setdefault("port", args.port)
+        if args.drain_timeout is not None:
+            data["drain_timeout_s"] = args.drain_timeout
         if args.api_key:
             data.setdefault("api_key", args.api_key)
         return ServeConfig.from_mapping(data, source=args.serve_config)
@@ -177,9 +188,10 @@ def config_from_arguments(args: argparse.Namespace) -> ServeConfig:
     if not models:
         raise RaysightError("give at least one --model (or --config, or --serve-config)")
     specs = [spec_from_arguments(args, model, config) for model, config in models]
+    drain = {} if args.drain_timeout is None else {"drain_timeout_s": args.drain_timeout}
     return ServeConfig.for_specs(
         specs, host=args.host, port=args.port, api_key=args.api_key,
-        indexes=[IndexConfig(path=path) for path in args.index],
+        indexes=[IndexConfig(path=path) for path in args.index], **drain,
     )
 
 
