@@ -8,8 +8,8 @@
     python -m batch_jobs.index --input vectors/ --output shapes-index/ [--index-type ivf]
 
 On a cluster: `ray job submit --address http://HEAD:8265 --working-dir . -- python -m
-batch_jobs.caption ...` (Ray 2.60 needs RAY_AUTH_MODE=disabled, or the cluster's token, in the
-submitting shell). Inputs and outputs may be object-store URIs (s3://bucket/photos/) that every
+batch_jobs.caption ...` (with the cluster's token in the submitting shell: RAY_AUTH_TOKEN or
+~/.ray/auth_token). Inputs and outputs may be object-store URIs (s3://bucket/photos/) that every
 node can read. `raysight job caption ...` runs the same `main(argv)` as `python -m`.
 
 Each job: read -> CPU preprocess actors (the engine's own preprocess, no weights) -> model

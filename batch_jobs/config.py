@@ -107,7 +107,7 @@ class JobConfig(BaseModel):
     progress: bool = Field(True, description="Show Ray Data's progress bars.")
     ray_address: str | None = Field(
         None, description="Ray cluster to connect to when Ray is not initialised yet (default: "
-        "RAY_ADDRESS, else a running cluster, else a new local one)."
+        "RAY_ADDRESS, else a private local Ray of this job; 'auto' joins a running local cluster)."
     )
 
     @field_validator("batch_size", mode="before")

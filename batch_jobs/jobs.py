@@ -78,7 +78,7 @@ RUNTIME_FLAGS = (
     Flag("--no-progress", "hide the progress bars", "progress",
          {"action": "store_false", "dest": "progress"}),
     Flag("--address", "Ray cluster to join, e.g. HOST:6379 or 'auto' (default: $RAY_ADDRESS, "
-         "else a running local cluster, else a new local Ray)", "ray_address",
+         "else a private local Ray; 'auto' joins a running local cluster)", "ray_address",
          {"dest": "ray_address"}, aliases=("--ray-address",)),
 )
 

@@ -65,11 +65,15 @@ class JobSummary:
 
 
 def ensure_ray(address: str | None) -> None:
-    """Connect to (or start) Ray unless this process already has."""
+    """Join `address` (or $RAY_ADDRESS), else start raysight's private local Ray (loopback
+    only, token auth, gone with this process even when it is killed), unless this process
+    is connected to Ray already."""
     import ray
 
+    from raysight.local_ray import connect_ray
+
     if not ray.is_initialized():
-        ray.init(address=address)
+        connect_ray(address)
 
 
 def job_dataset(name: str, model, input: str, **options) -> "ray.data.Dataset":

@@ -15,7 +15,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # baseline, the plain loop and the in-process ceiling (all nice 0) get the rest: compare
 # like with like. Read by the raylet when this process starts Ray.
 os.environ.setdefault("RAY_worker_niceness", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 RESULTS = Path(__file__).resolve().parent / "results"

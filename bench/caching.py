@@ -226,12 +226,14 @@ def _ray_job_rows(scenario: str, folder: str, table, tokens: int, batch: int) ->
 
     import ray
 
-    started_ray = not ray.is_initialized()
-    if started_ray:
+    local = None
+    if not ray.is_initialized():
+        from raysight.local_ray import start_local_ray
+
         # Logical CPUs as the integration tests give them: with only 2, the two stages'
         # actors hold 1.5 and a 1-CPU read task can wait behind them for good.
-        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
+        local = start_local_ray(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False,
+                                log_to_driver=False, configure_logging=False)
     rates: dict[str, list[float]] = {CACHE: [], NO_CACHE: []}
     with tempfile.TemporaryDirectory(prefix="raysight-caching-") as scratch:
         source = Path(scratch) / "images"  # a folder of PNG files, duplicates byte for byte
@@ -247,8 +249,8 @@ def _ray_job_rows(scenario: str, folder: str, table, tokens: int, batch: int) ->
             if summary.failures:
                 raise RuntimeError(f"the offline job failed rows: {summary.failure_reasons}")
             rates[name].append(summary.images_per_s)
-    if started_ray:
-        ray.shutdown()
+    if local is not None:
+        local.stop()
     rows = [median_row(scenario, f"{name} (ray data job)", "images_per_s", rates[name])
             for name in (NO_CACHE, CACHE)]
     ratio = statistics.median(rates[CACHE]) / statistics.median(rates[NO_CACHE])

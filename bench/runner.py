@@ -159,13 +159,12 @@ def run(options: RunOptions, log: Callable[[str], None] = print) -> dict:
 def _ray_scenarios(chosen: set[str], embed: str, vlm: str, best: int,
                    settings: BenchSettings, log: Callable[[str], None],
                    timed: Callable[[str, Callable[[], list[dict]]], None]) -> None:
-    import ray
-
+    from raysight.local_ray import start_local_ray
     from serve_app.proxy_edge import install
 
     install()  # as `raysight serve` does before it starts its local Ray
-    ray.init(address="local", log_to_driver=False, include_dashboard=False,
-             configure_logging=False)
+    local = start_local_ray(log_to_driver=False, include_dashboard=False,
+                            configure_logging=False)
     try:
         if "online_embeddings" in chosen:
             from bench.online import online_embeddings
@@ -197,7 +196,7 @@ def _ray_scenarios(chosen: set[str], embed: str, vlm: str, best: int,
             else:
                 timed("caching", lambda: [dict(r) for r in module.run(settings.quick)])
     finally:
-        ray.shutdown()
+        local.stop()
 
 
 def _report(payload: dict, options: RunOptions, log: Callable[[str], None]) -> dict:

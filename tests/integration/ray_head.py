@@ -55,7 +55,7 @@ def ray_head(num_cpus: int, env: dict[str, str]) -> Iterator[str]:
                "--num-gpus=0", "--temp-dir", temp_dir, "--include-dashboard=false",
                "--disable-usage-stats", "--min-worker-port=0", "--max-worker-port=0",
                *(f"{flag}={port}" for flag, port in ports.items())]
-    env = {**env, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env = {**env, "PATH": f"{BIN}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     log = open(Path(temp_dir) / "ray-start.log", "w")
     head = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,

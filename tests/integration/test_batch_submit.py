@@ -45,7 +45,7 @@ def head_cluster():
                # Workers on ports the OS picks, not the default range the session's Ray uses.
                "--min-worker-port=0", "--max-worker-port=0"]
     command += [f"{flag}={port}" for flag, port in flags.items()]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}",
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
            # No Serve replicas to drain: stop at once when told to.
            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
     env.pop("RAY_ADDRESS", None)

@@ -24,7 +24,7 @@ def test_quick_bench_writes_json_and_plots(tmp_path):
     command = [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)]
     for scenario in SCENARIOS:
         command += ["--only", scenario]
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=110)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -68,7 +68,7 @@ def test_quick_serve_batch_compares_the_three_batchers(tmp_path):
     behind raysight's ingress, each answering every request and reporting its batches."""
     command = [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path),
                "--only", "serve_batch"]
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=230)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -54,7 +54,7 @@ def cluster():
     # A short temp dir of its own (Ray's socket paths are length-limited): the cluster's
     # files and its address file stay there, so no other `ray.init()` on this machine finds it.
     temp = tempfile.mkdtemp(prefix="rsmn-", dir="/tmp")
-    env = {**os.environ, "RAY_TMPDIR": temp, "RAY_AUTH_MODE": "disabled",
+    env = {**os.environ, "RAY_TMPDIR": temp,
            "PYTHONPATH": str(REPO), "PATH": f"{BIN}:{os.environ['PATH']}",
            "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)

@@ -46,7 +46,7 @@ def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "out"
     command = [sys.executable, "-m", "raysight.cli", "demo", "--images", str(IMAGES),
                "--out", str(out)]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("RAY_ADDRESS", None)
     # Its own session: every process the demo's Ray starts can be found by the session id.
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,

@@ -34,7 +34,7 @@ def workdir(tmp_path_factory) -> Path:
     online, offline = section("Online"), section("Offline")
     [draw] = [block for block in code_blocks("python", online) if "image.save(" in block]
     [jobs] = [block for block in code_blocks("python", offline) if "run_caption" in block]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1",
+    env = {**os.environ, "HF_HUB_OFFLINE": "1",
            "RAY_ADDRESS": "local"}  # a private Ray, never one another process started
     for name, block in (("drawing", draw), ("offline", jobs)):
         done = subprocess.run([sys.executable, "-c", block], cwd=folder, env=env, text=True,

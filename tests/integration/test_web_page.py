@@ -78,7 +78,7 @@ def server(index_folder, tmp_path_factory):
     command = [str(Path(sys.executable).with_name("raysight")), "serve",
                "--model", "builtin:shapes-vlm", "--model", "builtin:shapes-clip",
                "--index", str(index_folder), "--api-key", KEY, "--port", str(port)]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("RAY_ADDRESS", None)
     with open(log, "wb") as output:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output,

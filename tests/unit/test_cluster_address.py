@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from batch_jobs.cli import add_job_arguments
-from serve_app.launch import build_parser, resolve_ray_address
+from raysight.local_ray import resolve_ray_address
+from serve_app.launch import build_parser
 
 
 def test_serve_uses_the_flag_then_ray_address_then_a_private_ray(monkeypatch):

@@ -54,11 +54,11 @@ def step(number: int, text: str) -> None:
 
 def start_ray(temp_dir: str) -> None:
     """A private local Ray: never a cluster another process started, and never left running."""
-    import ray
+    from raysight.local_ray import start_local_ray
 
     # Serve reserves one CPU per model replica; two models need two even on a smaller machine.
-    ray.init(address="local", num_cpus=max(2, os.cpu_count() or 1), include_dashboard=False,
-             log_to_driver=False, logging_level=logging.WARNING, _temp_dir=temp_dir)
+    start_local_ray(num_cpus=max(2, os.cpu_count() or 1), include_dashboard=False,
+                    log_to_driver=False, logging_level=logging.WARNING, _temp_dir=temp_dir)
     quiet_ray_logs()
 
 
@@ -83,9 +83,15 @@ def stop_ray():
 
     from raysight.cli.demo.processes import descendants, wait_until_gone
 
+    from raysight.local_ray import current_local_ray
+
     started = descendants()
     if ray.is_initialized():
         serve.shutdown()
+    local = current_local_ray()
+    if local is not None:
+        local.stop()
+    elif ray.is_initialized():
         ray.shutdown()
     return started, wait_until_gone(started, timeout_s=30)
 
@@ -131,8 +137,6 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str]) -> int:
     """`raysight demo ...`; returns the exit code (0 when every check passed)."""
-    # Ray 2.60 wants a token unless auth is off; the demo's Ray is private to this process.
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the built-in models are local files
     args = build_parser().parse_args(argv)
     try:
