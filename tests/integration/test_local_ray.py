@@ -1,0 +1,188 @@
+"""raysight's private local Ray (raysight/local_ray.py): loopback only, token auth, workers at
+the driver's priority; nothing of it is left after a killed job driver or a SIGTERMed
+`raysight serve`, which first finishes the requests in flight."""
+
+from __future__ import annotations
+
+import base64
+import io
+import ipaddress
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from raysight.shapes import write_shapes_folder
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+START_DEADLINE_S = 240
+
+
+def listening(processes) -> list[tuple[int, str, str, int]]:
+    """(pid, name, address, port) of every TCP/UDP socket these processes listen on."""
+    found = []
+    for process in processes:
+        try:
+            for conn in process.net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN or (conn.type == 2 and not conn.raddr):
+                    found.append((process.pid, process.name(), conn.laddr.ip, conn.laddr.port))
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%")[0])
+    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback
+
+
+def still_running(pids) -> list[str]:
+    alive = []
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            if process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(f"{pid} {' '.join(process.cmdline())[:100]}")
+        except psutil.NoSuchProcess:
+            continue
+    return alive
+
+
+def wait_until_gone(pids, timeout_s: float) -> list[str]:
+    deadline = time.monotonic() + timeout_s
+    while (alive := still_running(pids)) and time.monotonic() < deadline:
+        time.sleep(0.2)  # exits come with no event to wait on here
+    return alive
+
+
+def test_the_session_ray_listens_on_loopback_only_with_auth_and_workers_at_our_priority(
+        ray_session):
+    import ray
+
+    @ray.remote
+    def worker_niceness() -> int:
+        return os.nice(0)
+
+    # The session's Ray was started by raysight.local_ray in this process: its tree is ours.
+    assert ray.get(worker_niceness.remote()) == os.nice(0)
+    assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+    processes = psutil.Process().children(recursive=True)
+    names = {process.name() for process in processes}
+    assert {"gcs_server", "raylet"} <= names
+    sockets = listening(processes)
+    assert any(name == "raylet" for _, name, _, _ in sockets)
+    exposed = [s for s in sockets if not is_loopback(s[2])]
+    assert not exposed, f"listening beyond loopback: {exposed}"
+    assert os.environ.get("RAY_AUTH_MODE") == "token" and os.environ.get("RAY_AUTH_TOKEN")
+
+
+def test_a_killed_job_driver_takes_its_private_ray_with_it(ray_session, tiny_models, tmp_path):
+    from batch_jobs import run_caption
+
+    images = write_shapes_folder(tmp_path / "images", 160, seed=3)
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "batch_jobs.caption", "--model", tiny_models["blip"],
+               "--input", str(images), "--output", str(output), "--max-new-tokens", "24",
+               "--rows-per-file", "16", "--batch-size", "8", "--preprocess-batch-size", "8",
+               "--no-progress"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("RAY_ADDRESS", None)  # its own private Ray, started by raysight.local_ray
+    driver = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    ray_pids: set[int] = set()
+    try:
+        deadline = time.monotonic() + START_DEADLINE_S
+        while not list(output.glob("part-*.parquet")):
+            assert driver.poll() is None, "the driver ended before writing a part file"
+            assert time.monotonic() < deadline, f"no part file within {START_DEADLINE_S} s"
+            ray_pids |= {p.pid for p in psutil.Process(driver.pid).children(recursive=True)}
+            time.sleep(0.1)
+        ray_pids |= {p.pid for p in psutil.Process(driver.pid).children(recursive=True)}
+    finally:
+        driver.send_signal(signal.SIGKILL)  # the driver alone, as the OOM killer would
+        driver.wait()
+    assert len(ray_pids) >= 4, "the job did not start a Ray of its own"
+    left = wait_until_gone(ray_pids, timeout_s=10)
+    assert not left, f"still running 10 s after the driver was killed: {left}"
+    # The job resumes, as ever (here on the session's Ray).
+    summary = run_caption(tiny_models["blip"], str(images), str(output), max_new_tokens=24,
+                          rows_per_file=64, progress=False)
+    assert summary.output_rows == 160 and summary.skipped > 0
+
+
+def _chat_body() -> dict:
+    import numpy as np
+    from PIL import Image
+
+    # A large noisy JPEG: each request spends a moment decoding and preprocessing it.
+    pixels = np.random.default_rng(0).integers(0, 255, (2000, 2000, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=95)
+    url = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return {"model": "shapes-vlm", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": url}},
+        {"type": "text", "text": "What color is the shape?"}]}]}
+
+
+@pytest.mark.timeout(420)
+def test_sigterm_finishes_requests_in_flight_then_exits_0_leaving_no_ray(tmp_path):
+    import requests
+
+    from tests.api_server import free_port
+
+    port = free_port()
+    log = tmp_path / "serve.log"
+    command = [str(Path(sys.executable).with_name("raysight")), "serve", "--model",
+               "builtin:shapes-vlm", "--port", str(port), "--drain-timeout", "60"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("RAY_ADDRESS", None)
+    with open(log, "wb") as output:
+        server = subprocess.Popen(command, cwd=REPO, env=env, stdout=output,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + START_DEADLINE_S
+        while not re.search(r"^raysight: serving", log.read_text(errors="replace"), re.M):
+            assert server.poll() is None, log.read_text(errors="replace")[-3000:]
+            assert time.monotonic() < deadline, "raysight serve did not come up"
+            time.sleep(0.5)  # the banner is the only sign it is up: poll the log
+        ray_pids = {p.pid for p in psutil.Process(server.pid).children(recursive=True)}
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        body = _chat_body()
+        assert requests.post(url, json=body, timeout=120).status_code == 200  # warm
+        answers: list = []
+
+        def ask() -> None:
+            try:
+                answers.append(requests.post(url, json=body, timeout=120).status_code)
+            except requests.RequestException as exc:
+                answers.append(repr(exc))
+
+        burst = [threading.Thread(target=ask) for _ in range(6)]
+        for thread in burst:
+            thread.start()
+        time.sleep(0.5)  # every request is sent and waiting on the replica
+        stopped = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        for thread in burst:
+            thread.join()
+        exit_code = server.wait(timeout=120)
+        took = time.monotonic() - stopped
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+    assert answers == [200] * 6, log.read_text(errors="replace")[-3000:]
+    assert exit_code == 0, log.read_text(errors="replace")[-3000:]
+    assert took < 90
+    assert "raysight: shutting down" in log.read_text(errors="replace")
+    left = wait_until_gone(ray_pids, timeout_s=5)
+    assert not left, f"Ray processes left after raysight serve exited: {left}"
