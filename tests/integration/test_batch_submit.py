@@ -58,7 +58,11 @@ def head_cluster():
         while True:
             assert head.poll() is None, (Path(temp_dir) / "ray-start.log").read_text()[-2000:]
             try:
-                urllib.request.urlopen(f"{address}/api/version", timeout=2).read()
+                # The head runs with the session's token auth (tests/integration/conftest.py).
+                probe = urllib.request.Request(
+                    f"{address}/api/version",
+                    headers={"Authorization": f"Bearer {env['RAY_AUTH_TOKEN']}"})
+                urllib.request.urlopen(probe, timeout=2).read()
                 break
             except OSError:
                 assert time.monotonic() < deadline, "the head node did not come up in 90 s"

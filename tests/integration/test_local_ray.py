@@ -154,7 +154,12 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0_leaving_no_ray(tmp_pat
             assert server.poll() is None, log.read_text(errors="replace")[-3000:]
             assert time.monotonic() < deadline, "raysight serve did not come up"
             time.sleep(0.5)  # the banner is the only sign it is up: poll the log
-        ray_pids = {p.pid for p in psutil.Process(server.pid).children(recursive=True)}
+        ray_tree = psutil.Process(server.pid).children(recursive=True)
+        ray_pids = {p.pid for p in ray_tree}
+        # Serve's HTTP proxy included: everything of this command listens on loopback only.
+        sockets = listening([psutil.Process(server.pid), *ray_tree])
+        assert any(port == int(port_) for *_, port_ in sockets)
+        assert not [s for s in sockets if not is_loopback(s[2])], sockets
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         body = _chat_body()
         assert requests.post(url, json=body, timeout=120).status_code == 200  # warm
