@@ -128,7 +128,13 @@ def connect_ray(address: str | None = None, **local_options) -> LocalRay | None:
     if resolved != LOCAL:
         join_options = {k: v for k, v in local_options.items()
                         if k in ("log_to_driver", "logging_level", "configure_logging")}
-        ray.init(address=resolved, **join_options)
+        if _is_loopback_address(resolved):
+            # A Ray on 127.0.0.1 (such as another process's private Ray): this driver's node
+            # address must be 127.0.0.1 too, or it waits for a raylet on the host's address.
+            with _local_only_node():
+                ray.init(address=resolved, **join_options)
+        else:
+            ray.init(address=resolved, **join_options)
         return None
     return start_local_ray(**local_options)
 
@@ -141,6 +147,12 @@ def local_ray(**init_options) -> Iterator[LocalRay]:
         yield started
     finally:
         started.stop()
+
+
+def _is_loopback_address(address: str) -> bool:
+    """Whether a GCS address ("HOST:PORT") names this machine's loopback interface."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def _ensure_token() -> None:
