@@ -3,16 +3,21 @@
 With a separate ingress every request crosses two Ray calls (proxy → ingress → model) and
 its image is pickled twice; on a 2-core machine the ingress alone cost ~11 CPU-ms per
 embedding request and ~5-10 ms of latency (README "Benchmarks"). When an application serves
-a single model the ingress only forwards, so ``build_app`` deploys this instead: the
+a single model the ingress only forwards, so with ``ingress.separate: false`` (opt-in)
+``build_app`` deploys this instead: the
 ModelServer with the same FastAPI app in its own replica, reached through a LocalClient. The
 proxy → replica call is then the only hop, and routing, parsing and the checks on the
 request path are exactly those of the separate ingress (same Gateway, same routes).
 
-Several models, or ``ingress.separate: true``, keep the separate ingress (app.py).
+Several models, or ``ingress.separate: true`` (the default), keep the separate ingress
+(app.py).
 
 A replica that dies holding requests: the proxy's own answer would be a bare 500 (there is
 no ingress left to retry elsewhere); serve_app/proxy_edge.py turns it into a 503
-``replica_lost`` with Retry-After when raysight starts the Ray it serves on.
+``replica_lost`` with Retry-After when raysight starts the Ray it serves on. Known defect,
+and the reason this mode is opt-in: on an idle machine a request in flight when its replica
+is killed can get no answer at all until its client's timeout
+(tests/integration/test_serve_direct.py pins it as a strict xfail).
 """
 
 from __future__ import annotations
