@@ -16,8 +16,8 @@ A replica that dies holding requests: the proxy's own answer would be a bare 500
 no ingress left to retry elsewhere); serve_app/proxy_edge.py turns it into a 503
 ``replica_lost`` with Retry-After when raysight starts the Ray it serves on. Known defect,
 and the reason this mode is opt-in: on an idle machine a request in flight when its replica
-is killed can get no answer at all until its client's timeout
-(tests/integration/test_serve_direct.py pins it as a strict xfail).
+is killed can get no answer at all until its client's timeout, in some runs
+(tests/integration/test_serve_direct.py marks it xfail, not strict: it is intermittent).
 """
 
 from __future__ import annotations

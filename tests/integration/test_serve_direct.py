@@ -61,12 +61,13 @@ def test_one_model_is_one_deployment_answering_http(served):
     assert refused.status_code == 400 and "error" in refused.json()
 
 
-# A known defect of the opt-in one-hop mode, and why it is not the default: on an idle machine
-# some request in flight when the replica is killed gets no answer until the client's 120 s
-# timeout (it passed only when the machine was so loaded that every request was answered or
-# refused before the kill). Strict: the day it passes, this marker must go.
-@pytest.mark.xfail(strict=True, reason="one-hop mode: a request lost with its replica can hang to the "
-                   "client timeout instead of a JSON 503 (known defect; ingress.separate is the default)")
+# A known, intermittent defect of the opt-in one-hop mode, and why it is not the default: in
+# some runs a request in flight when the replica is killed gets no answer until the client's
+# 120 s timeout (failed alone on an idle machine; passed in another CI run). Not strict
+# because it is intermittent; the run reports XFAIL or XPASS, and the README says so.
+@pytest.mark.xfail(strict=False, reason="one-hop mode: a request lost with its replica can "
+                   "hang to the client timeout instead of a JSON 503 (known intermittent "
+                   "defect; ingress.separate is the default)")
 def test_requests_lost_with_their_replica_are_json_503s(served):
     import threading
 
