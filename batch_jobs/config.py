@@ -113,13 +113,9 @@ class JobConfig(BaseModel):
     @field_validator("batch_size", mode="before")
     @classmethod
     def _batch_size(cls, value: object) -> object:
-        if value == "auto":
-            return value
-        if isinstance(value, str) and value.strip().isdigit():
-            value = int(value)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-        raise ValueError(f"batch_size must be a whole number above 0 or 'auto', got {value!r}")
+        from raysight.spec import batch_size_or_auto
+
+        return batch_size_or_auto(value, "batch_size")
 
     @field_validator("input", "output", "image_root")
     @classmethod

@@ -265,13 +265,7 @@ class ModelSpec(_Frozen):
     @field_validator("max_batch_size", mode="before")
     @classmethod
     def _batch_size(cls, value: object) -> object:
-        if value == "auto":
-            return value
-        if isinstance(value, str) and value.strip().isdigit():
-            value = int(value)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-        raise ValueError(f"max_batch_size must be a whole number above 0 or 'auto', got {value!r}")
+        return batch_size_or_auto(value, "max_batch_size")
 
     @field_validator("model")
     @classmethod
@@ -337,3 +331,15 @@ def _read_yaml(path: str | Path) -> object:
         raise ConfigError(f"config file not found: {path}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
+def batch_size_or_auto(value: object, field: str) -> int | str:
+    """A batch size as a spec or job setting takes it: a whole number above 0 (also as text,
+    from a CLI flag) or ``"auto"``; anything else is refused naming `field`."""
+    if value == "auto":
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    raise ValueError(f"{field} must be a whole number above 0 or 'auto', got {value!r}")
