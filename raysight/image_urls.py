@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from raysight.errors import ImageFetchFailed, ImageTooLarge, URLRefused
-from raysight.images import check_byte_count, decode_from
+from raysight.image_decode import check_byte_count, decode_from
 from raysight.spec import ImageInputPolicy
 
 if TYPE_CHECKING:

@@ -46,7 +46,7 @@ def thumbnail(path: str, size: int) -> bytes:
     """JPEG bytes of the image at `path`, its longer side at most `size` (never enlarged).
 
     Decoded under the default image policy, so a huge or broken file is refused, not decoded."""
-    from raysight.images import decode_image_bytes
+    from raysight.image_decode import decode_image_bytes
     from raysight.spec import ImageInputPolicy
 
     policy = ImageInputPolicy()

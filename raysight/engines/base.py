@@ -25,7 +25,7 @@ class Engine:
         self.family = loaded.family
         self.device = loaded.device
         self.dtype = loaded.dtype
-        from raysight.images import working_size_for
+        from raysight.image_decode import working_size_for
 
         self.image_working_size = working_size_for(self.processor)
         self.batch_choice = None  # how `max_batch_size: auto` was resolved (autobatch.py)
@@ -36,8 +36,9 @@ class Engine:
 
     def load_image(self, source: Any):
         """Decode one image source within the spec's image policy, reduced early toward what
-        this model's processor keeps (raysight.images.WorkingSize)."""
-        from raysight.images import load_image, working_size
+        this model's processor keeps (raysight.image_decode.WorkingSize)."""
+        from raysight.image_decode import working_size
+        from raysight.images import load_image
 
         with working_size(self.image_working_size):
             return load_image(source, self.spec.images)
