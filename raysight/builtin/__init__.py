@@ -2,7 +2,8 @@
 
 ``builtin:shapes-clip`` is a CLIP dual encoder for the 12 shape captions; ``builtin:shapes-vlm``
 is a BLIP captioner that also answers "What shape is this?" and "What color is the shape?".
-Both are reproduced by ``python -m raysight.builtin.train NAME``.
+Both are reproduced from random weights by one command, ``python -m raysight.builtin.train
+all --threads 1`` (shapes-clip first: shapes-vlm's vision tower starts from it).
 """
 
 from __future__ import annotations
@@ -30,6 +31,6 @@ def resolve_builtin(name: str) -> Path:
     if not (folder / "config.json").is_file():
         raise UnknownModel(
             f"built-in model {key!r} is missing its files in {folder}; rebuild it with "
-            f"`python -m raysight.builtin.train {key}`"
+            f"`python -m raysight.builtin.train all --threads 1`"
         )
     return folder

@@ -1,4 +1,8 @@
-"""Reproduce a built-in model from scratch: ``python -m raysight.builtin.train shapes-clip``.
+"""Reproduce the built-in models from scratch: ``python -m raysight.builtin.train all``.
+
+``all`` trains shapes-clip, then shapes-vlm, whose vision tower starts from that shapes-clip
+and is distilled from it (`raysight.builtin.train_vlm`); ``shapes-clip`` or ``shapes-vlm``
+trains one (shapes-vlm then learns from the shipped shapes-clip, or ``--teacher FOLDER``).
 
 Both models learn from a pool of drawn shapes that is redrawn bit by bit as training goes
 (preprocessed by the model's own processor, exactly as at inference) and are scored on
@@ -24,7 +28,7 @@ HELD_OUT_OFFSET = 100_003
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """How one training run goes; the defaults are the recipe the shipped models used."""
+    """How one training run goes; each model's recipe (`SETTINGS`) overrides some defaults."""
 
     steps: int
     seed: int = 0
@@ -130,12 +134,10 @@ def fit(
     settings: TrainSettings,
     batch_loss: Callable[["object"], "object"],
     evaluate: Callable[[], dict[str, float]],
-    helper=None,
 ) -> dict[str, float]:
     """Run `settings.steps` AdamW steps of `batch_loss(indices into pool)`; print progress.
 
     `evaluate` returns held-out scores; its "accuracy" entry is the headline number.
-    `helper` is a module trained alongside the vision tower but not saved (an auxiliary head).
     Returns the final scores plus the wall time in seconds.
     """
     import torch
@@ -143,8 +145,6 @@ def fit(
     # Weight decay on weight matrices only: not on embeddings, biases, norms or the temperature.
     groups: dict[tuple[bool, bool], list] = {}
     named = list(model.named_parameters())
-    if helper is not None:
-        named += [(f"vision_model.helper.{name}", p) for name, p in helper.named_parameters()]
     for name, param in named:
         key = (param.ndim >= 2 and "embedding" not in name, name.startswith("vision_model."))
         groups.setdefault(key, []).append(param)
@@ -239,12 +239,17 @@ def save(model, processor, out: Path, settings: TrainSettings, scores: dict[str,
     """Write the Hugging Face folder (safetensors) and how it was made.
 
     `init` (from `describe_init`, read before `out` may overwrite it) records the weights a
-    warm start began from.
+    warm start began from, or those a part of the model was copied from. The record starts
+    with the command line that ran.
     """
+    import shlex
+    import sys
+
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    record = {"settings": asdict(settings), "held_out": scores,
+    record = {"command": shlex.join(["python", *sys.orig_argv[1:]]),
+              "settings": asdict(settings), "held_out": scores,
               "torch": __import__("torch").__version__,
               "threads": __import__("torch").get_num_threads()}
     if init is not None:
@@ -252,18 +257,48 @@ def save(model, processor, out: Path, settings: TrainSettings, scores: dict[str,
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
-def main(argv: list[str] | None = None) -> None:
-    import importlib
+TRAINERS = {
+    "shapes-clip": "raysight.builtin.train_clip",
+    "shapes-vlm": "raysight.builtin.train_vlm",
+}
 
+
+def _train_one(name: str, args, out: Path, teacher: Path | None = None) -> None:
+    """Train model `name` as the command line asks, print its scores and times."""
+    import importlib
+    import resource
+
+    recipe = importlib.import_module(TRAINERS[name])
+    base = recipe.FINETUNE if args.init else recipe.SETTINGS
+    settings = replace(base, steps=args.steps or base.steps, seed=args.seed,
+                       image_size=args.image_size or base.image_size,
+                       eval_every=min(base.eval_every, args.steps or base.steps))
+    start_from = f"the weights in {args.init}" if args.init else "random weights"
+    print(f"training {name} from {start_from}: {settings}", flush=True)
+    started = time.perf_counter()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    extra = {"teacher": teacher} if name == "shapes-vlm" else {}
+    scores = recipe.train(out, settings, init=args.init, **extra)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime + after.ru_stime) - (usage.ru_utime + usage.ru_stime)
+    held_out = "  ".join(f"{k} {v:.3f}" for k, v in scores.items() if k != "wall_seconds")
+    print(f"final held-out {held_out}", flush=True)
+    print(f"{name}: {settings.steps} steps in {wall:.0f} s wall time, {cpu:.0f} CPU s "
+          f"({scores['wall_seconds']:.0f} s in the training loop); saved to {out}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
     from raysight.builtin import BUILTIN_MODELS
 
-    trainers = {
-        "shapes-clip": "raysight.builtin.train_clip",
-        "shapes-vlm": "raysight.builtin.train_vlm",
-    }
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", choices=sorted(trainers))
-    parser.add_argument("--out", type=Path, help="folder to write (default: the shipped one)")
+    parser.add_argument(
+        "model", choices=["all", *sorted(TRAINERS)],
+        help="all: shapes-clip, then shapes-vlm with its vision tower from that shapes-clip",
+    )
+    parser.add_argument("--out", type=Path,
+                        help="folder to write (default: the shipped one); with `all`, the "
+                        "folder to write shapes-clip/ and shapes-vlm/ into")
     parser.add_argument("--steps", type=int, help="optimizer steps (default: the shipped recipe)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -271,34 +306,34 @@ def main(argv: list[str] | None = None) -> None:
         help="warm start: continue from the model in this folder with the recipe's shorter "
         "fine-tuning settings (default: train from random weights)",
     )
+    parser.add_argument(
+        "--teacher", type=Path,
+        help="shapes-vlm: the shapes-clip folder its vision tower starts from and is "
+        "distilled from (default: the shipped shapes-clip)",
+    )
     parser.add_argument("--image-size", type=int,
-                        help="input side in pixels (default: the recipe's: 64 clip, 48 vlm)")
+                        help="input side in pixels (default: the recipe's, 64)")
     parser.add_argument(
         "--threads", type=int, default=2,
         help="torch threads (default 2); results are reproducible for one thread count",
     )
     args = parser.parse_args(argv)
+    if args.model == "all" and (args.init or args.teacher or args.steps):
+        parser.error("`all` trains both models from scratch with their recipes: "
+                     "--init, --teacher and --steps apply to one model")
 
     import torch
 
     torch.set_num_threads(args.threads)
-    recipe = importlib.import_module(trainers[args.model])
-    base = recipe.FINETUNE if args.init else recipe.SETTINGS
-    settings = replace(base, steps=args.steps or base.steps, seed=args.seed,
-                       image_size=args.image_size or base.image_size)
-    out = args.out or BUILTIN_MODELS[args.model]
-    start_from = f"the weights in {args.init}" if args.init else "random weights"
-    print(f"training {args.model} from {start_from}: {settings}", flush=True)
     started = time.perf_counter()
-    scores = recipe.train(out, settings, init=args.init)
-    wall = time.perf_counter() - started
-    held_out = "  ".join(f"{k} {v:.3f}" for k, v in scores.items() if k != "wall_seconds")
-    print(f"final held-out {held_out}", flush=True)
-    print(
-        f"{settings.steps} steps in {wall:.0f} s wall time "
-        f"({scores['wall_seconds']:.0f} s in the training loop); saved to {out}",
-        flush=True,
-    )
+    if args.model == "all":
+        clip_out = args.out / "shapes-clip" if args.out else BUILTIN_MODELS["shapes-clip"]
+        vlm_out = args.out / "shapes-vlm" if args.out else BUILTIN_MODELS["shapes-vlm"]
+        _train_one("shapes-clip", args, clip_out)
+        _train_one("shapes-vlm", args, vlm_out, teacher=clip_out)
+        print(f"both models in {time.perf_counter() - started:.0f} s wall time", flush=True)
+    else:
+        _train_one(args.model, args, args.out or BUILTIN_MODELS[args.model], args.teacher)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""shapes-clip: a ~0.25M-parameter CLIPModel that matches shapes to their 12 captions.
+"""shapes-clip: a ~0.27M-parameter CLIPModel that matches shapes to their 12 captions.
 
 Trained with CLIP's symmetric contrastive loss, with one change: a batch of 128 holds many
 images of the same caption, so every same-caption pair counts as a positive (soft targets)
@@ -22,8 +22,8 @@ from raysight.builtin.train import (
 
 # 64 px input: at 48 px with 8 px patches the smallest perturbed shapes (radius 0.15 of a
 # 40 px canvas) span under two patches, and a 48 px stage stalled at 0.94 on that set.
-SETTINGS = TrainSettings(steps=5000, lr=3e-3, warmup_steps=100, refresh_size=500,
-                         eval_every=1000, image_size=64)
+SETTINGS = TrainSettings(steps=4000, lr=3e-3, warmup_steps=100, pool_size=8_000,
+                         refresh_size=500, held_out_size=400, eval_every=1000, image_size=64)
 # Continuing from a trained model (`--init`): a short run at a lower rate, a smaller pool.
 FINETUNE = TrainSettings(steps=1000, lr=1e-3, warmup_steps=50, pool_size=8_000,
                          refresh_size=500, held_out_size=400, eval_every=400, image_size=64)
