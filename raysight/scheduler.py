@@ -3,10 +3,10 @@
 Requests join and leave the running batch at every decode step instead of waiting for a
 whole `generate` call to end. Each `step()`:
 1. retires requests whose client went away (waiting or running);
-2. admits waiting requests, oldest first, while the running set has room (max_running),
-   the KV budget has room, and this step's prefill budget (prefill_tokens_per_step) is not
-   spent: each is prefilled alone (its images through the vision-feature cache), picks its
-   first token, and joins the batch (raysight/scheduler_kv.py);
+2. admits waiting requests while there is room (raysight/scheduler_admission.py: running
+   set, KV budget, prefill budget, and when): the admitted prompts are prefilled together
+   (their images through the vision-feature cache), each picks its first token, and they
+   join the batch (raysight/scheduler_kv.py);
 3. runs one batched decode step for every running sequence;
 4. retires sequences that hit an end-of-sequence token, their max_new_tokens or whose
    client went away, freeing their rows of the cache at once.
@@ -15,11 +15,6 @@ Every new token's text is handed to the request's `on_text` as it is chosen.
 Long prompts do not stall the others for long: a step prefills at most
 prefill_tokens_per_step prompt tokens (but always at least one request), so decoding goes on
 between admissions. A single prompt longer than that budget is still prefilled in one go.
-
-KV budget: the batch cache is left padded, so it holds (running sequences) x (the longest)
-token slots. A request is admitted only if, with it, that product at everyone's last token
-stays within kv_cache_tokens; otherwise it waits (oldest first, nothing is ever cut short).
-A request that could not fit even alone is refused (`check_fits`).
 
 Everything architecture-specific (prefill inputs, positions, stop tokens) comes from the
 engine's family (raysight/families/stepping.py); the scheduler names no architecture.
@@ -31,65 +26,19 @@ import collections
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from raysight.engines.generate import (GeneratedTokens, GenerateEngine, IncrementalText,
                                        PreparedChat)
-from raysight.errors import InvalidRequest, RaysightError, internal_error
+from raysight.errors import RaysightError, internal_error
 from raysight.sampling import choose_token
+from raysight.scheduler_admission import Admission
 from raysight.scheduler_kv import BatchKV
+from raysight.scheduler_sequence import Done, SchedulerStats, Sequence, SequenceStats
+
+__all__ = ["GenerationScheduler", "SchedulerStats", "SequenceStats"]
 
 logger = logging.getLogger(__name__)
-
-
-
-@dataclass(frozen=True)
-class SequenceStats:
-    """What one request saw: the running batch it joined and how long it waited to join."""
-
-    batch_size: int
-    queue_wait_s: float
-
-
-# Called once per request, from the model thread: (GenerateResult or RaysightError, stats).
-Done = Callable[[Any, SequenceStats], None]
-
-
-@dataclass
-class _Sequence:
-    """One request inside the scheduler."""
-
-    item: PreparedChat
-    on_done: Done
-    submitted: float
-    generator: Any = None
-    text: IncrementalText | None = None
-    tokens: list[int] = field(default_factory=list)
-    length: int = 0  # tokens in this sequence's cache rows (its next text position)
-    offset: int = 0
-    extras: dict[str, Any] = field(default_factory=dict)
-    pending: int = 0  # the last chosen token: the next decode step's input
-    first_token_at: float = 0.0
-    admitted: SequenceStats = SequenceStats(0, 0.0)
-
-    @property
-    def final_length(self) -> int:
-        """Cache slots this sequence holds at its last possible token."""
-        return self.item.inputs.prompt_tokens + self.item.max_new_tokens
-
-    @property
-    def gone(self) -> bool:
-        return self.item.cancelled is not None and self.item.cancelled.is_set()
-
-
-@dataclass(frozen=True)
-class SchedulerStats:
-    running: int
-    waiting: int
-    kv_tokens: int  # token slots the batch cache holds now (padding included)
-    kv_bytes: int
-    kv_budget_tokens: int
 
 
 class GenerationScheduler:
@@ -99,21 +48,16 @@ class GenerationScheduler:
     def __init__(self, engine: GenerateEngine, max_running: int, kv_cache_tokens: int,
                  prefill_tokens_per_step: int, admit_every_steps: int = 1,
                  on_timing: Callable[[str, float], None] | None = None):
-        if min(max_running, kv_cache_tokens, prefill_tokens_per_step, admit_every_steps) < 1:
-            raise ValueError("max_running, kv_cache_tokens, prefill_tokens_per_step and "
-                             "admit_every_steps must be at least 1")
-        self.admit_every_steps = admit_every_steps
-        self._steps_since_admission = 0
+        self.admission = Admission(max_running, kv_cache_tokens, prefill_tokens_per_step,
+                                   admit_every_steps)
         self.engine = engine
         self.family = engine.family
-        self.max_running = max_running
         self.kv_cache_tokens = kv_cache_tokens
-        self.prefill_tokens_per_step = prefill_tokens_per_step
         self.on_timing = on_timing  # ("ttft" | "tpot", seconds) for metrics
-        self.running: list[_Sequence] = []
+        self.running: list[Sequence] = []
         self.kv = BatchKV()
         self._extras: dict[str, Any] = {}
-        self._waiting: collections.deque[_Sequence] = collections.deque()
+        self._waiting: collections.deque[Sequence] = collections.deque()
         self._lock = threading.Condition()
         self.steps = 0
         self.step_started: float | None = None  # monotonic start of the step running now
@@ -123,20 +67,13 @@ class GenerationScheduler:
     # -- the request side ------------------------------------------------------------------
     def check_fits(self, item: PreparedChat) -> None:
         """Refuse a request whose prompt plus max_new_tokens exceeds the whole KV budget."""
-        need = item.inputs.prompt_tokens + item.max_new_tokens
-        if need > self.kv_cache_tokens:
-            raise InvalidRequest(
-                f"this request needs {need} tokens of KV cache (a {item.inputs.prompt_tokens}-"
-                f"token prompt plus max_tokens={item.max_new_tokens}); this model's budget is "
-                f"{self.kv_cache_tokens} (kv_cache_tokens): ask for fewer new tokens or send a "
-                "shorter prompt"
-            )
+        self.admission.check_fits(item)
 
     def submit(self, item: PreparedChat, on_done: Done) -> None:
         """Queue one prepared chat; `on_done` gets its GenerateResult or error (from the model
         thread). Raises InvalidRequest if it could never fit the KV budget."""
         self.check_fits(item)
-        sequence = _Sequence(item, on_done, time.monotonic())
+        sequence = Sequence(item, on_done, time.monotonic())
         if item.seed is not None:
             import torch
 
@@ -197,7 +134,7 @@ class GenerationScheduler:
                 self._admit()
                 if self.running:
                     self._decode()
-                    self._steps_since_admission += 1
+                    self.admission.decoded()
         finally:
             self.step_started = None
 
@@ -209,48 +146,16 @@ class GenerationScheduler:
         for sequence in gone:
             self._finish(sequence, "cancelled")
 
-    def _fits_with(self, sequence: _Sequence, admitted: list[_Sequence]) -> bool:
-        members = self.running + admitted + [sequence]
-        return len(members) * max(s.final_length for s in members) <= self.kv_cache_tokens
-
-    def _admission_due(self) -> bool:
-        """Admit now if nothing runs, if the waiting requests fill every free slot, or once
-        admit_every_steps decode steps have passed since the last admission: requests that
-        arrive one by one are then prefilled together, which on a CPU costs much less than
-        one prefill each between every two decode steps."""
-        if not self.running or self._steps_since_admission >= self.admit_every_steps:
-            return True
-        return len(self._waiting) >= self.max_running - len(self.running)
-
     def _admit(self) -> None:
-        if not self._waiting or not self._admission_due():
-            return
-        self._steps_since_admission = 0
-        admitted: list[_Sequence] = []
-        spent = 0
-        while len(self.running) + len(admitted) < self.max_running:
-            with self._lock:
-                if not self._waiting:
-                    break
-                head = self._waiting[0]
-                prompt = head.item.inputs.prompt_tokens
-                if admitted and spent + prompt > self.prefill_tokens_per_step:
-                    break  # decode first; admit the rest at the next step
-                if not self._fits_with(head, admitted):
-                    break  # oldest first: wait for room rather than let others pass
-                self._waiting.popleft()
-            head.admitted = SequenceStats(len(self.running) + len(admitted) + 1,
-                                          time.monotonic() - head.submitted)
-            if not self._answered_from_cache(head):
-                spent += prompt
-                admitted.append(head)
-        groups: dict[Any, list[_Sequence]] = {}
+        admitted = self.admission.admit(self.running, self._waiting, self._lock,
+                                        self._answered_from_cache)
+        groups: dict[Any, list[Sequence]] = {}
         for sequence in admitted:  # e.g. BLIP batches only prompts of one length
             groups.setdefault(self.family.batch_key(sequence.item.inputs), []).append(sequence)
         for group in groups.values():
             self._prefill(group)
 
-    def _prefill(self, group: list[_Sequence]) -> None:
+    def _prefill(self, group: list[Sequence]) -> None:
         """Run the group's prompts in one forward, join the batch, pick first tokens. If the
         forward fails, each prompt runs alone, so only the one that fails fails."""
         engine = self.engine
@@ -325,7 +230,7 @@ class GenerationScheduler:
     def _step_model(self):
         return self.engine.model
 
-    def _take_token(self, sequence: _Sequence, logits, greedy: int) -> bool:
+    def _take_token(self, sequence: Sequence, logits, greedy: int) -> bool:
         """Choose, record and stream the next token (`greedy`: the top one, already found);
         True if the sequence is finished."""
         item = sequence.item
@@ -360,7 +265,7 @@ class GenerationScheduler:
             return True
         return False
 
-    def _finish(self, sequence: _Sequence, reason: str) -> None:
+    def _finish(self, sequence: Sequence, reason: str) -> None:
         count = len(sequence.tokens)
         if count > 1:
             self._time("tpot", (time.monotonic() - sequence.first_token_at) / (count - 1))
@@ -373,7 +278,7 @@ class GenerationScheduler:
             result = _as_error(exc, "postprocess failed")
         self._deliver(sequence, result)
 
-    def _answered_from_cache(self, sequence: _Sequence) -> bool:
+    def _answered_from_cache(self, sequence: Sequence) -> bool:
         """Answer from the response cache if it holds this chat; whether it did."""
         results: list = [None]
         try:
@@ -386,10 +291,10 @@ class GenerationScheduler:
         self._deliver(sequence, answer)
         return True
 
-    def _remember(self, sequence: _Sequence, output: GeneratedTokens) -> None:
+    def _remember(self, sequence: Sequence, output: GeneratedTokens) -> None:
         self.engine.remember_answers([sequence.item], [output])
 
-    def _deliver(self, sequence: _Sequence, result: Any) -> None:
+    def _deliver(self, sequence: Sequence, result: Any) -> None:
         self.finished[getattr(result, "finish_reason", "error")] += 1
         try:
             sequence.on_done(result, sequence.admitted)
