@@ -23,10 +23,11 @@ engine's family (raysight/families/stepping.py); the scheduler names no architec
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from raysight.engines.generate import (GeneratedTokens, GenerateEngine, IncrementalText,
                                        PreparedChat)
@@ -47,9 +48,10 @@ class GenerationScheduler:
 
     def __init__(self, engine: GenerateEngine, max_running: int, kv_cache_tokens: int,
                  prefill_tokens_per_step: int, admit_every_steps: int = 1,
-                 on_timing: Callable[[str, float], None] | None = None):
+                 on_timing: Callable[[str, float], None] | None = None,
+                 finish_horizon: int | None = None):
         self.admission = Admission(max_running, kv_cache_tokens, prefill_tokens_per_step,
-                                   admit_every_steps)
+                                   admit_every_steps, finish_horizon)
         self.engine = engine
         self.family = engine.family
         self.kv_cache_tokens = kv_cache_tokens
@@ -59,6 +61,7 @@ class GenerationScheduler:
         self._extras: dict[str, Any] = {}
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._lock = threading.Condition()
+        self._incoming = 0  # requests being prepared that will be submitted (`preparing`)
         self.steps = 0
         self.step_started: float | None = None  # monotonic start of the step running now
         # Requests finished, by reason: stop, length, cancelled (client gone), error.
@@ -84,6 +87,20 @@ class GenerationScheduler:
             self._waiting.append(sequence)
             self._lock.notify()
 
+    @contextlib.contextmanager
+    def preparing(self) -> Iterator[None]:
+        """Around the preparation of a request that will be submitted: admission may wait
+        for it a moment (raysight/scheduler_admission.py, gather_s). Leaving it wakes no one:
+        the request's `submit` does, so a waiting admission never looks in between (one that
+        is never submitted is waited for until gather_s runs out)."""
+        with self._lock:
+            self._incoming += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._incoming -= 1
+
     def stats(self) -> SchedulerStats:
         return SchedulerStats(len(self.running), len(self._waiting),
                               self.kv.batch * self.kv.width, self.kv.nbytes(),
@@ -103,6 +120,8 @@ class GenerationScheduler:
                 if self.idle:
                     self._lock.wait(idle_wait_s)
                     continue
+                if not self.running:
+                    self._gather()
             try:
                 self.step()
             except Exception:  # noqa: BLE001 - keep serving; step already answered its items
@@ -112,6 +131,18 @@ class GenerationScheduler:
                     on_step(self.stats())
                 except Exception:  # noqa: BLE001 - metrics must never stop the loop
                     logger.exception("scheduler metrics failed")
+
+    def _gather(self) -> None:
+        """With nothing decoding, wait (holding the lock's condition) up to gather_s from the
+        oldest waiting request's arrival for requests still being prepared, so that they
+        are prefilled together with it."""
+        admission = self.admission
+        while (self._incoming and self._waiting and not self.running
+               and len(self._waiting) < admission.max_running):
+            left = self._waiting[0].submitted + admission.gather_s - time.monotonic()
+            if left <= 0:
+                return
+            self._lock.wait(left)
 
     def wake(self) -> None:
         """Wake a sleeping `run` (e.g. after a client went away)."""
@@ -148,12 +179,16 @@ class GenerationScheduler:
 
     def _admit(self) -> None:
         admitted = self.admission.admit(self.running, self._waiting, self._lock,
-                                        self._answered_from_cache)
+                                        self._answered_from_cache, self._incoming)
+        if not admitted:
+            return
+        started = time.monotonic()
         groups: dict[Any, list[Sequence]] = {}
         for sequence in admitted:  # e.g. BLIP batches only prompts of one length
             groups.setdefault(self.family.batch_key(sequence.item.inputs), []).append(sequence)
         for group in groups.values():
             self._prefill(group)
+        self.admission.prefilled(time.monotonic() - started)
 
     def _prefill(self, group: list[Sequence]) -> None:
         """Run the group's prompts in one forward, join the batch, pick first tokens. If the

@@ -14,6 +14,21 @@ While sequences are decoding, admission happens at most once per admit_every_ste
 steps, unless the waiting requests fill every free slot: requests that arrive one by one
 are then prefilled together, which on a CPU costs much less than one prefill each between
 every two decode steps.
+
+Requests still being prepared (their images decoded, their prompt tokenized: `incoming`)
+are worth a short wait, `gather_s` (a share of the last prefill's time, since one left out
+costs a prefill of its own later): with nothing decoding the scheduler waits for them
+before it prefills (GenerationScheduler.run), and while sequences decode it admits no one
+before they are here. Closed-loop clients, who all come back when a batch ends, are so
+prefilled as one cohort, as the static batcher would, instead of one alone and the rest a
+step later, a split that then costs an extra prefill and a short step in every round.
+
+Finishers first (`finish_horizon`, by default admit_every_steps): while a running sequence
+is that many tokens or fewer from its max_new_tokens, admission waits for it to end (at
+most admit_every_steps steps more), so a short answer about to end is not held up by
+someone else's prefill: on a CPU one prefill (the vision encoder and the prompt) costs
+about as much as ten decode steps, so the newcomer waits a few cheap steps and the one
+ending saves a whole prefill.
 """
 
 from __future__ import annotations
@@ -27,12 +42,17 @@ from raysight.engines.generate import PreparedChat
 from raysight.errors import InvalidRequest
 from raysight.scheduler_sequence import Sequence, SequenceStats
 
+# Requests being prepared are waited for up to this share of the last prefill's time...
+GATHER_FRACTION = 0.5
+# ... and at least this long (before any prefill has been timed).
+GATHER_MIN_S = 0.005
+
 
 class Admission:
     """Decides, at each step, which waiting sequences join the running batch."""
 
     def __init__(self, max_running: int, kv_cache_tokens: int, prefill_tokens_per_step: int,
-                 admit_every_steps: int):
+                 admit_every_steps: int, finish_horizon: int | None = None):
         if min(max_running, kv_cache_tokens, prefill_tokens_per_step, admit_every_steps) < 1:
             raise ValueError("max_running, kv_cache_tokens, prefill_tokens_per_step and "
                              "admit_every_steps must be at least 1")
@@ -40,7 +60,19 @@ class Admission:
         self.kv_cache_tokens = kv_cache_tokens
         self.prefill_tokens_per_step = prefill_tokens_per_step
         self.admit_every_steps = admit_every_steps
+        self.finish_horizon = admit_every_steps if finish_horizon is None else finish_horizon
         self.steps_since_admission = 0
+        self.held = 0  # steps admission has waited for finishers since it was last due
+        self.last_prefill_s = 0.0
+
+    @property
+    def gather_s(self) -> float:
+        """How long requests still being prepared are waited for."""
+        return max(GATHER_MIN_S, GATHER_FRACTION * self.last_prefill_s)
+
+    def prefilled(self, seconds: float) -> None:
+        """A prefill (of one admission) took this long."""
+        self.last_prefill_s = seconds
 
     def check_fits(self, item: PreparedChat) -> None:
         """Refuse a request whose prompt plus max_new_tokens exceeds the whole KV budget."""
@@ -61,22 +93,32 @@ class Admission:
         """A decode step ran."""
         self.steps_since_admission += 1
 
-    def due(self, running: int, waiting: int) -> bool:
-        """Admit now if nothing runs, if the waiting requests fill every free slot, or once
-        admit_every_steps decode steps have passed since the last admission."""
-        if not running or self.steps_since_admission >= self.admit_every_steps:
+    def due(self, running: list[Sequence], waiting: int, incoming: int,
+            oldest_wait_s: float) -> bool:
+        """Whether to admit now (see the module docstring)."""
+        if not running or waiting >= self.max_running - len(running):
             return True
-        return waiting >= self.max_running - running
+        if incoming and oldest_wait_s < self.gather_s:
+            return False  # more are on their way: prefill them together
+        if self.steps_since_admission < self.admit_every_steps:
+            return False
+        if self.held < self.admit_every_steps and any(
+                s.item.max_new_tokens - len(s.tokens) <= self.finish_horizon for s in running):
+            self.held += 1  # let the ones about to end finish first
+            return False
+        return True
 
     def admit(self, running: list[Sequence], waiting: collections.deque[Sequence],
               lock: threading.Condition,
-              answered: Callable[[Sequence], bool]) -> list[Sequence]:
+              answered: Callable[[Sequence], bool], incoming: int = 0) -> list[Sequence]:
         """Take the sequences that join now off `waiting` (under `lock`), oldest first;
         `answered(sequence)` answers one without running it (the response cache) and says
-        whether it did: such a one takes no slot."""
-        if not waiting or not self.due(len(running), len(waiting)):
-            return []
-        self.steps_since_admission = 0
+        whether it did: such a one takes no slot. `incoming`: requests being prepared."""
+        with lock:
+            if not waiting or not self.due(running, len(waiting), incoming,
+                                           time.monotonic() - waiting[0].submitted):
+                return []
+        self.steps_since_admission = self.held = 0
         admitted: list[Sequence] = []
         spent = 0
         while len(running) + len(admitted) < self.max_running:

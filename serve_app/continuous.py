@@ -16,7 +16,7 @@ import contextlib
 import logging
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Awaitable, Callable, Iterator
 
 from raysight.scheduler import GenerationScheduler, SchedulerStats
 
@@ -39,9 +39,11 @@ class ContinuousBatcher:
 
     @contextlib.contextmanager
     def incoming(self) -> Iterator[None]:
-        """A request is being prepared (DrainBatcher's contract): the scheduler never waits
-        for one, it admits whatever has arrived at each step."""
-        yield
+        """A request is being prepared (DrainBatcher's contract): the scheduler may wait a
+        moment for it before a prefill, to prefill it with the others (GenerationScheduler.
+        preparing)."""
+        with self.scheduler.preparing():
+            yield
 
     @property
     def queued(self) -> int:
@@ -51,8 +53,10 @@ class ContinuousBatcher:
         """Raise InvalidRequest now if the request can never fit the KV budget."""
         self.scheduler.check_fits(prepared)
 
-    async def submit(self, prepared) -> tuple[Any, Any]:
-        """Queue `prepared` (a PreparedChat); return (result, stats) once it is answered."""
+    def submit(self, prepared) -> Awaitable[tuple[Any, Any]]:
+        """Queue `prepared` (a PreparedChat) now, at the call, not when the result is first
+        awaited (so a request is never between `incoming` and the queue while the scheduler
+        looks); await the result for (result, stats)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
 
@@ -70,6 +74,9 @@ class ContinuousBatcher:
         if prepared.cancelled is None:
             prepared.cancelled = threading.Event()
         self.scheduler.submit(prepared, done)
+        return self._answer(prepared, future)
+
+    async def _answer(self, prepared, future: asyncio.Future) -> tuple[Any, Any]:
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:

@@ -185,11 +185,13 @@ class ModelServer:
             yield Failed(refused)
             return
         prepared.cancelled = threading.Event()
-        yield Accepted()
+        # Queued before Accepted goes out (the continuous scheduler queues at the call), so
+        # the request is never missing from both `incoming` and the queue for long.
         running = asyncio.ensure_future(self.batcher.submit(prepared))
         # Text pieces are queued before the batch returns, so _END always comes last.
         running.add_done_callback(lambda _: pieces.put_nowait(_END))
         try:
+            yield Accepted()
             while (piece := await pieces.get()) is not _END:
                 yield Delta(piece)
             result, stats = running.result()

@@ -201,7 +201,7 @@ def test_admissions_are_gathered_while_sequences_decode(engines, rng):
     steps) and join together; their tokens are still the ones they get alone."""
     engine = engines("qwen2-vl")
     requests = _requests(rng)
-    scheduler = _scheduler(engine, admit_every_steps=3)
+    scheduler = _scheduler(engine, admit_every_steps=3, finish_horizon=0)
     results = _collect(engine, scheduler, requests[:1])
     scheduler.step()  # nothing ran: admitted at once
     assert scheduler.stats().running == 1
@@ -244,3 +244,70 @@ def test_a_failing_token_choice_fails_that_request_alone(engines, rng, monkeypat
     assert not isinstance(results[1], GenerateResult)
     alone = [engine.run([request])[0] for request in (requests[0], requests[2])]
     assert [results[0].token_ids, results[2].token_ids] == [a.token_ids for a in alone]
+
+
+def test_admission_waits_for_one_about_to_finish(engines, rng):
+    """Finishers first: while a running sequence is within finish_horizon tokens of its
+    max_tokens, a newcomer waits for it to end instead of prefilling in between; without
+    the horizon it joins at once. Tokens are the ones each gets alone either way."""
+    engine = engines("qwen2-vl")
+    short, newcomer = _requests(rng)[2], _requests(rng)[0]
+    short = dataclasses.replace(short, max_new_tokens=3, min_new_tokens=3)
+    seen = {}
+    for horizon in (2, 0):
+        scheduler = _scheduler(engine, finish_horizon=horizon)
+        results = _collect(engine, scheduler, [short])
+        scheduler.step()  # prefill (token 1) and one decode (token 2): one token to go
+        more = _collect(engine, scheduler, [newcomer])
+        scheduler.step()  # token 3: the short one ends in this step
+        seen[horizon] = scheduler.stats()
+        scheduler.run_until_idle()
+        alone = [engine.run([request])[0] for request in (short, newcomer)]
+        assert [results[0].token_ids, more[0].token_ids] == [a.token_ids for a in alone]
+    assert (seen[2].running, seen[2].waiting) == (0, 1)  # held until the short one ended
+    assert (seen[0].running, seen[0].waiting) == (1, 0)  # joined while it was ending
+
+
+def test_run_waits_for_requests_being_prepared(engines, rng):
+    """With nothing decoding, a request that arrives while another is still being prepared
+    waits for it (up to gather_s) and both are prefilled in one admission; with nothing
+    being prepared it starts at once."""
+    import time
+
+    engine = engines("qwen2-vl")
+    first, second = (engine.preprocess(r) for r in _requests(rng)[:2])
+    scheduler = _scheduler(engine, admit_every_steps=4)
+    scheduler.admission.last_prefill_s = 4.0  # gather_s: 2 s
+    stop = threading.Event()
+    thread = threading.Thread(target=scheduler.run, args=(stop,), daemon=True)
+    thread.start()
+    stats: dict[int, object] = {}
+    done = threading.Event()
+
+    def answered(index):
+        def on_done(_result, sequence_stats):
+            stats[index] = sequence_stats
+            if len(stats) == 2:
+                done.set()
+        return on_done
+
+    try:
+        with scheduler.preparing():  # the second request is being prepared...
+            scheduler.submit(first, answered(0))
+            time.sleep(0.3)
+        scheduler.submit(second, answered(1))  # ... and arrives 0.3 s later
+        assert done.wait(60)
+        # The first waited for the second (0.3 s, under gather_s), then both joined in one
+        # admission, the second at once.
+        assert stats[0].queue_wait_s >= 0.25 and stats[1].queue_wait_s < 0.2
+        assert (stats[0].batch_size, stats[1].batch_size) == (1, 2)
+        stats.clear()
+        done.clear()
+        scheduler.submit(engine.preprocess(_requests(rng)[2]), answered(0))
+        scheduler.submit(engine.preprocess(_requests(rng)[3]), answered(1))
+        assert done.wait(60)
+        assert stats[0].queue_wait_s < 0.2  # nothing being prepared: no wait
+    finally:
+        stop.set()
+        scheduler.wake()
+        thread.join(10)
