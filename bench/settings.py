@@ -34,7 +34,7 @@ class BenchSettings:
     serve_batch_window_s: float = 2.0
     # generation_mixed (bench/generation_mixed.py): open-loop requests per scheduler, and
     # the closed-loop check's window per repeat.
-    mixed_requests: int = 32
+    mixed_requests: int = 64
     mixed_closed_window_s: float = 8.0
 
     @property
