@@ -7,7 +7,8 @@
     POST /predict               {"prompt", "image": base64} -> {"output"}
     POST /classify              {"image", "labels"} -> label probabilities
     POST /search                {"text" | "image", "k"} -> nearest ids in a vector index
-    GET  /healthz, /readyz      liveness, and readiness (every model answers); no API key
+    GET  /healthz, /readyz      liveness, and readiness (every model answers); no API key;
+                                HEAD on both answers the same status without a body
     GET  /, /ui/..., /search/indexes, /search/image   the web page (page.py)
     GET  /openapi.json, /docs, /redoc   the API described (docs_pages.py); no API key
 
@@ -28,7 +29,7 @@ from typing import Any, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from raysight.errors import (InvalidRequest, Overloaded, RaysightError, RequestTooLarge,
@@ -296,6 +297,16 @@ def build_http_api(gateway: Gateway, metrics: IngressMetrics | None = None) -> F
         ready, models = await gateway.readiness()
         return JSONResponse({"status": "ready" if ready else "not ready", "models": models},
                             200 if ready else 503)
+
+    # Load balancers and uptime checkers often probe with HEAD: the same status, no body.
+    @app.head("/healthz", include_in_schema=False)
+    async def healthz_head():
+        return Response(status_code=200)
+
+    @app.head("/readyz", include_in_schema=False)
+    async def readyz_head():
+        ready, _ = await gateway.readiness()
+        return Response(status_code=200 if ready else 503)
 
     add_page_routes(app, gateway)
     return app

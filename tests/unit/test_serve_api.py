@@ -126,6 +126,9 @@ def test_errors_elsewhere_have_the_openai_shape(http):
 def test_key_size_and_health(http):
     assert http.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert http.get("/healthz", headers={"Authorization": ""}).status_code == 200
+    for path in ("/healthz", "/readyz"):  # a load balancer's HEAD probe: no key, no body
+        probe = http.head(path, headers={"Authorization": ""})
+        assert probe.status_code == 200 and probe.content == b""
     too_big = http.post("/v1/embeddings", content=json.dumps({"input": "x" * 200_000}))
     assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "request_too_large"
 
