@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from raysight.shapes import QUESTIONS
 from tests.api_server import API_KEY
 from tests.conftest import png_bytes
 
@@ -43,7 +44,8 @@ class Case:
 
 def chat(*parts: Any, **options) -> dict:
     """A chat of one user message: the good image (unless parts say otherwise) and a question."""
-    content = list(parts) or [image_part("<good-url>"), {"type": "text", "text": "what shape?"}]
+    # A question shapes-vlm was trained on: the good chat's answer is a shape, not empty.
+    content = list(parts) or [image_part("<good-url>"), text_part(QUESTIONS["shape"])]
     return {"model": "shapes-vlm", **options, "messages": [{"role": "user", "content": content}]}
 
 
