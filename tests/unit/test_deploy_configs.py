@@ -9,6 +9,8 @@ import importlib
 import io
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -104,7 +106,69 @@ def test_every_raysight_command_cluster_yaml_names_exists_with_its_flags():
     assert (ROOT / "serve_app" / "config.yaml").is_file()  # what `serve deploy` is given
 
 
+def start_environment(command: str) -> dict[str, str]:
+    """The VAR=value assignments in front of a `ray start` command line."""
+    words = shlex.split(command)
+    start = words.index("ray")
+    assert words[start:start + 2] == ["ray", "start"], command
+    return dict(word.split("=", 1) for word in words[:start])
+
+
+def test_every_cluster_node_starts_ray_with_token_auth_and_the_shared_token_file():
+    config = yaml.safe_load(CLUSTER.read_text())
+    starts = [command for key in ("head_start_ray_commands", "worker_start_ray_commands")
+              for command in config[key] if "ray start" in command]
+    assert len(starts) == 2, starts
+    token_files = set()
+    for command in starts:
+        env = start_environment(command)
+        assert env["RAY_AUTH_MODE"] == "token", command
+        token_files.add(env["RAY_AUTH_TOKEN_PATH"])
+        assert env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == \
+            "serve_app.proxy_edge:proxy_middlewares"
+    # One token for every node: the file the launcher copies from the user's own token.
+    [token_file] = token_files
+    assert config["file_mounts"][token_file] == "~/.ray/auth_token"
+    assert "disabled" not in CLUSTER.read_text().split("cluster_name:")[1]
+
+
+def test_a_node_whose_token_file_is_missing_cannot_run_ray_without_auth(tmp_path):
+    # What cluster.yaml relies on: with RAY_AUTH_MODE=token, an unreadable
+    # RAY_AUTH_TOKEN_PATH is an error in Ray's token loader, not a fall-back to no token.
+    check = ("from ray._raylet import AuthenticationTokenLoader as L\n"
+             "print(L.instance().has_token(ignore_auth_mode=True))")
+    env = {"RAY_AUTH_MODE": "token", "PATH": "/usr/bin:/bin"}
+    missing = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                             env={**env, "RAY_AUTH_TOKEN_PATH": str(tmp_path / "none")})
+    assert missing.returncode != 0 and "RAY_AUTH_TOKEN_PATH" in missing.stderr
+    (tmp_path / "token").write_text("a-shared-token")
+    present = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                             env={**env, "RAY_AUTH_TOKEN_PATH": str(tmp_path / "token")})
+    assert present.stdout.strip() == "True", present.stderr
+
+
 # --- KubeRay -----------------------------------------------------------------------------
+
+
+def ray_containers(cluster_spec: dict) -> list[dict]:
+    groups = [cluster_spec["headGroupSpec"], *cluster_spec["workerGroupSpecs"]]
+    return [container for group in groups for container in group["template"]["spec"]["containers"]]
+
+
+@pytest.mark.parametrize("manifest, cluster_key", [("rayservice.yaml", "rayClusterConfig"),
+                                                   ("rayjob.yaml", "rayClusterSpec")])
+def test_kuberay_clusters_run_ray_with_token_auth_from_a_secret(manifest, cluster_key):
+    cluster = yaml.safe_load((KUBERAY / manifest).read_text())["spec"][cluster_key]
+    # KubeRay's authOptions: the operator sets RAY_AUTH_MODE=token and RAY_AUTH_TOKEN from
+    # the named Secret in every Ray container, and presents the token itself.
+    assert cluster["authOptions"] == {"mode": "token", "secretName": "raysight-ray-token"}
+    assert tuple(int(part) for part in cluster["rayVersion"].split(".")) >= (2, 52)
+    for container in ray_containers(cluster):
+        env = {item["name"]: item for item in container.get("env", [])}
+        # Nothing turns auth off or pins another token beside the operator's.
+        assert env.get("RAY_AUTH_MODE", {}).get("value", "token") == "token", manifest
+        assert "RAY_AUTH_TOKEN" not in env and "RAY_AUTH_TOKEN_PATH" not in env, manifest
+    assert "kubectl create secret generic raysight-ray-token" in (KUBERAY / manifest).read_text()
 
 
 def gpu_worker_nodes(cluster_spec: dict) -> list[ClusterNode]:
