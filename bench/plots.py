@@ -126,8 +126,11 @@ def _bar_plot(scenario: str, rows: list[dict], folder: Path, note: str) -> Path:
 def _score(target: dict) -> float:
     """How far past its target a figure is: above 1 meets it, for <= and >= targets alike."""
     sign, threshold = target["threshold"].split()
-    measured = target["measured"]
-    return float(threshold) / measured if sign == "<=" else measured / float(threshold)
+    limit, measured = float(threshold), float(target["measured"])
+    better, worse = (limit, measured) if sign == "<=" else (measured, limit)
+    if worse <= 0:  # a target of 0 (at most 0 errors): met exactly, or not at all
+        return 2.0 if better >= worse else 0.0
+    return better / worse
 
 
 def _targets_plot(targets: list[dict], folder: Path, note: str) -> Path:
