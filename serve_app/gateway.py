@@ -55,6 +55,18 @@ class ModelClient(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class AdmissionPool:
+    """The models that could answer a route, as Serve's proxy sees them: `limit` requests at
+    once between them (every ingress replica's share together), then a 503 that asks the
+    client to retry after `retry_after_s`. `key` names the pool within the Serve cluster."""
+
+    key: str
+    limit: int
+    retry_after_s: int
+    models: tuple[str, ...]
+
+
 # The task of the model each model route calls (the edge refuses by it before the body).
 ROUTE_TASKS = {"/v1/chat/completions": "generate", "/predict": "generate",
                "/v1/embeddings": "embed", "/classify": "embed", "/search": "embed"}
@@ -102,6 +114,7 @@ class Gateway:
         self.clients = clients
         self.created = int(time.time())
         self._infos: dict[str, dict] = {}
+        self._asking: set[str] = set()  # models asked their info in the background
         self.indexes = {index.index_name: (index, _load_index(index)) for index in config.indexes}
 
     # -- models --------------------------------------------------------------------------
@@ -130,6 +143,43 @@ class Gateway:
                 if refused is None:
                     return None
         return refused
+
+    def admission_pool(self, path: str) -> AdmissionPool | None:
+        """The pool of models behind `path`, for Serve's proxy to refuse requests past its
+        capacity without passing them here (serve_app/proxy_edge.py); None while a model's
+        task is unknown (it might serve `path` too) or a model has no capacity (in-process)."""
+        task = ROUTE_TASKS.get(path)
+        if task is None:
+            return None
+        unknown = [name for name in self.clients if name not in self._infos]
+        if unknown:
+            self._ask_in_background(unknown)  # known by a later answer
+            return None
+        names = [name for name in self.clients if self._infos[name]["task"] == task]
+        clients = [self.clients[name] for name in names]
+        capacities = [getattr(client, "capacity", None) for client in clients]
+        if not names or None in capacities:
+            return None
+        return AdmissionPool(
+            key=f"{self.config.app_name}/{task}",
+            limit=sum(capacities) * self.config.ingress.num_replicas,
+            retry_after_s=max(getattr(client, "retry_after_s", 1) for client in clients),
+            models=tuple(names))
+
+    def _ask_in_background(self, names: list[str]) -> None:
+        """Ask each of `names` its info without waiting (requests that name their model never
+        need it, so the gateway may not know a model's task otherwise)."""
+        for name in names:
+            if name in self._asking:
+                continue
+            self._asking.add(name)
+            asked = asyncio.ensure_future(self.info(name))
+            asked.add_done_callback(lambda done, name=name: self._asked(name, done))
+
+    def _asked(self, name: str, done: asyncio.Future) -> None:
+        self._asking.discard(name)
+        if not done.cancelled() and done.exception() is not None:
+            logger.info("model %s did not give its info yet: %s", name, done.exception())
 
     async def info(self, name: str) -> dict[str, Any]:
         if name not in self._infos:

@@ -38,11 +38,12 @@ from serve_app.api_schema import (MODEL_ROUTE, ChatCompletion, ClassifyReply, Em
                                   ModelList, PredictReply, Readiness, SearchReply,
                                   configure_schema, request_body, responses)
 from serve_app.docs_pages import add_docs_pages, is_docs_path
-from serve_app.gateway import Gateway, Reply
+from serve_app.gateway import AdmissionPool, Gateway, ModelOverloaded, Reply
 from serve_app.metrics import IngressMetrics
 from serve_app.openai_api import (ChatCompletionRequest, ClassifyRequest, EmbeddingsRequest,
                                   PredictRequest, SearchRequest, error_body, parse)
 from serve_app.page import DATA_PATHS, PAGE_PATHS, add_page_routes
+from serve_app.proxy_edge import ADMISSION_HEADER, admission_header
 
 logger = logging.getLogger(__name__)
 
@@ -79,13 +80,18 @@ def error_response(path: str, exc: BaseException,
 class HttpEdge:
     """ASGI middleware: API key, body size cap, admission (a 503 before the body is read when
     the route's models are full), request metrics, and a JSON 500 for bugs (an InternalError
-    whose id is logged with the traceback)."""
+    whose id is logged with the traceback). Every answer on a model route tells Serve's proxy
+    the route's pool of models (proxy_edge.ADMISSION_HEADER), so that the proxy refuses what
+    would overfill it without passing it here."""
 
     def __init__(self, app, api_key: str | None, max_body_bytes: int, metrics: IngressMetrics,
                  is_open: Callable[[str], bool] = OPEN_PATHS.__contains__,
-                 admit: Callable[[str], RaysightError | None] = lambda path: None):
+                 admit: Callable[[str], RaysightError | None] = lambda path: None,
+                 pool: Callable[[str], AdmissionPool | None] = lambda path: None):
         self.app = app
         self.admit = admit
+        self.pool = pool
+        self._pool_headers: dict[str, tuple[AdmissionPool, bytes]] = {}
         self.api_key = api_key.encode() if api_key else None
         self.is_open = is_open
         self.max_body_bytes = max_body_bytes
@@ -102,6 +108,10 @@ class HttpEdge:
         async def tracked_send(message) -> None:
             if message["type"] == "http.response.start":
                 response.update(status=message["status"], started=True)
+                told = self._pool_header(path)
+                if told is not None:
+                    message = {**message, "headers": [*message.get("headers", ()),
+                                                      (ADMISSION_HEADER, told)]}
             await send(message)
 
         try:
@@ -132,6 +142,24 @@ class HttpEdge:
         if length.isdigit() and int(length) > self.max_body_bytes:
             return self._too_large(int(length))
         return self.admit(scope["path"])  # a full model: 503 before the body is read
+
+    def _pool_header(self, path: str) -> bytes | None:
+        """ADMISSION_HEADER's value for `path` (rendered once per pool), or None."""
+        pool = self.pool(path)
+        if pool is None:
+            return None
+        cached = self._pool_headers.get(path)
+        if cached is None or cached[0] != pool:
+            names = ", ".join(repr(name) for name in pool.models)
+            refusal = ModelOverloaded(
+                f"model{'s' * (len(pool.models) > 1)} {names} "
+                f"{'are' if len(pool.models) > 1 else 'is'} at capacity ({pool.limit} requests "
+                f"in progress or queued); retry after {pool.retry_after_s}s",
+                pool.retry_after_s)
+            value = admission_header(pool.key, pool.limit, pool.retry_after_s,
+                                     error_body(refusal, flat=path == "/predict"))
+            cached = self._pool_headers[path] = (pool, value)
+        return cached[1]
 
     def _too_large(self, size: int | None = None) -> RequestTooLarge:
         seen = f"{size:,} bytes" if size is not None else "larger than that"
@@ -213,7 +241,7 @@ def build_http_api(gateway: Gateway, metrics: IngressMetrics | None = None) -> F
 
     app.add_middleware(HttpEdge, api_key=api_key, max_body_bytes=config.max_body_bytes,
                        metrics=metrics or IngressMetrics(), is_open=is_open,
-                       admit=gateway.refusal)
+                       admit=gateway.refusal, pool=gateway.admission_pool)
     if config.docs:
         add_docs_pages(app)
         generate_schema = app.openapi

@@ -3,8 +3,10 @@
 Each model waits 3 s for a fuller batch (batch_wait_timeout_s), so a burst sits inside its
 replica when the test kills that replica: with a second replica every lost request is retried
 there and answered; with none, each gets a 503 ``replica_lost`` with Retry-After; a stream that
-had begun ends with a ``replica_lost`` error event and [DONE]. One overload burst checks that
-what the front refuses is a JSON 503 with Retry-After and that the admitted all succeed.
+had begun ends with a ``replica_lost`` error event and [DONE]. Two overload bursts check that
+what is refused is a JSON 503 with Retry-After and that the admitted all succeed: one refused
+by the ingress (its model shares its task with a larger one), one by Serve's proxy itself
+(the only generate model).
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ def server(ray_session):
         models=[held("builtin:shapes-clip", "clip-two", 2),
                 held("builtin:shapes-clip", "clip-one", 1, batch=8,
                      max_ongoing_requests=8, max_queued_requests=4),  # capacity 12
-                held("builtin:shapes-vlm", "vlm-one", 1)],
+                held("builtin:shapes-vlm", "vlm-one", 1, batch=8,
+                     max_ongoing_requests=8, max_queued_requests=4)],  # capacity 12
         port=free_port(), app_name="raysight-replica-loss",
     )
     url = start_serving(config)
@@ -177,3 +180,43 @@ def test_a_burst_past_capacity_gets_json_503s_and_every_admitted_request_succeed
         else:
             assert answer.json()["label"] in ("a red shape", "a blue shape")
     assert _classify(server, "clip-one", image_b64).status_code == 200  # right after
+
+
+def _chat(url: str, image_b64: str):
+    import requests
+
+    return requests.post(url + "/v1/chat/completions", timeout=120, json={
+        "model": "vlm-one", "max_tokens": 4, "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64," + image_b64}},
+            {"type": "text", "text": "What color is the shape?"}]}]})
+
+
+def test_a_burst_past_a_pools_capacity_is_refused_by_the_proxy_itself(server, image_b64):
+    from collections import Counter
+
+    # The stream test killed this replica: wait for its successor. The gateway then asks
+    # each model its task, and the next answer teaches the proxy the chat route's pool.
+    deadline = time.monotonic() + 240
+    while _chat(server, image_b64).status_code != 200:
+        assert time.monotonic() < deadline, "vlm-one did not answer again within 240 s"
+        time.sleep(0.5)
+    assert _chat(server, image_b64).status_code == 200
+    with futures.ThreadPoolExecutor(48) as pool:
+        answers = list(pool.map(lambda _: _chat(server, image_b64), range(48)))
+    statuses = Counter(answer.status_code for answer in answers)
+    assert set(statuses) == {200, 503} and statuses[200] >= 12, statuses  # capacity 12
+    refused = [answer for answer in answers if answer.status_code == 503]
+    for answer in refused:
+        assert answer.headers["Retry-After"] == "1"
+        assert answer.json()["error"]["code"] == "overloaded"
+        assert "'vlm-one' is at capacity (12 requests" in answer.json()["error"]["message"]
+        assert "x-raysight-admission" not in answer.headers
+    # Serve's proxy app gives every request it handles an X-Request-ID; the refusals that
+    # never got past raysight's proxy middleware (serve_app/proxy_edge.py) have none.
+    assert any("x-request-id" not in answer.headers for answer in refused), statuses
+    assert all("x-request-id" in answer.headers for answer in answers
+               if answer.status_code == 200)
+    for answer in answers:
+        if answer.status_code == 200:
+            assert answer.json()["choices"][0]["message"]["content"]
+    assert _chat(server, image_b64).status_code == 200  # right after

@@ -5,6 +5,7 @@ it is full. The count under a real burst is in tests/integration/test_replica_lo
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,8 @@ def app():
 
     class FullWhenTold(LocalClient):
         full = False
+        capacity = 40  # what HandleClient counts against (every replica and the queue)
+        retry_after_s = 2
 
         def refusal(self):
             return ModelOverloaded("model 'shapes-clip' is at capacity (40 requests in "
@@ -61,6 +64,39 @@ def test_a_full_model_is_refused_before_the_body_is_read(app):
     finally:
         client.full = False
     assert http.post("/classify", json={"image": "", "labels": ["a"]}).status_code == 400
+
+
+def test_answers_on_model_routes_tell_the_proxy_their_pool_and_its_refusal(app):
+    from serve_app.proxy_edge import ADMISSION_HEADER
+
+    http, client = app
+    header = ADMISSION_HEADER.decode()
+    http.get("/v1/models")  # the gateway learns the model's task
+    answer = http.post("/classify", json={"image": "", "labels": ["a"]})
+    assert answer.status_code == 400  # any answer on a model route carries it
+    told = json.loads(answer.headers[header])
+    assert (told["pool"], told["limit"], told["retry_after"]) == ("raysight/embed", 40, 2)
+    # The proxy's 503 is the ingress's own: same shape, same message, same Retry-After.
+    client.full = True
+    try:
+        refused = http.post("/classify", content=b"{}")
+    finally:
+        client.full = False
+    assert told["refusal"]["error"]["code"] == refused.json()["error"]["code"] == "overloaded"
+    assert "is at capacity (40 requests in progress or queued); retry after 2s" in \
+        told["refusal"]["error"]["message"]
+    # /predict keeps its flat error shape in the proxy's 503 too.
+    from serve_app.gateway import AdmissionPool
+    from serve_app.metrics import IngressMetrics
+    from serve_app.routes import HttpEdge
+
+    edge = HttpEdge(None, None, 1, IngressMetrics(),
+                    pool=lambda path: AdmissionPool("raysight/generate", 3, 1, ("vlm",)))
+    assert json.loads(edge._pool_header("/predict"))["refusal"] == {
+        "error": "model 'vlm' is at capacity (3 requests in progress or queued); retry after 1s"}
+    # No pool for routes without a model, nor for a chat when no generate model is served.
+    assert header not in http.get("/healthz").headers
+    assert header not in http.post("/v1/chat/completions", json={"messages": []}).headers
 
 
 def test_admission_capacity_counts_every_replica_and_the_queue():
