@@ -11,7 +11,9 @@ vectors. Clients run in this process (asyncio, httpx):
   memory (VmRSS) after a warm-up against after the soak;
 - overload: 10 x the chat model's capacity, all at once: how many got 503, how fast the 503s
   came (p50/p99), the admitted requests' latency and whether every one succeeded, and whether
-  the first request after the burst succeeded;
+  the first request after the burst succeeded (this phase's client is bench/burst.py's raw
+  HTTP/1.1 over connections opened first: httpx's own CPU per request was much of what it
+  measured);
 - replica kill: 8 closed-loop chat clients, then SIGKILL of one of the VLM's two replica
   processes (lost requests are retried on the other), and 8 embedding clients, then SIGKILL
   of the CLIP's only replica (its requests get 503 replica_lost until Serve restarts it):
@@ -122,16 +124,9 @@ async def _post(http, url: str, route: str, body: bytes) -> tuple[int, float, st
                                    headers={"content-type": "application/json"})
     except httpx.HTTPError as exc:
         return 0, time.perf_counter() - sent, type(exc).__name__
-    code = ""
-    if response.status_code != 200:
-        try:
-            error = response.json()["error"]
-            code = error.get("code", "") if isinstance(error, dict) else "flat"
-            if response.status_code == 503 and "retry-after" not in response.headers:
-                code += "+no-retry-after"
-        except (ValueError, KeyError):
-            code = "not-json"
-    return response.status_code, time.perf_counter() - sent, code
+    seconds = time.perf_counter() - sent
+    return response.status_code, seconds, _error_code(response.status_code, response.headers,
+                                                      response.content)
 
 
 def _load() -> float:
@@ -164,31 +159,45 @@ async def _soak(url: str, bodies: Bodies, total: int) -> dict:
             "p99_ms": 1000 * percentile(latencies, .99)}
 
 
+def _error_code(status: int, headers: dict[str, str], body: bytes) -> str:
+    """The API error code of a non-200 answer ("" for a 200), as `_post` names it."""
+    if status == 200:
+        return ""
+    try:
+        error = json.loads(body)["error"]
+    except (ValueError, KeyError, TypeError):
+        return "not-json"
+    code = error.get("code", "") if isinstance(error, dict) else "flat"
+    if status == 503 and "retry-after" not in headers:
+        code += "+no-retry-after"
+    return code
+
+
 async def _burst(url: str, bodies: Bodies, count: int, session: int) -> dict:
     """`count` chats at once, after `count` /healthz at once (the floor: the same number of
-    trivial requests through the proxy and the ingress), with each phase's CPU by process."""
-    import httpx
+    trivial requests through the proxy and the ingress), with each phase's CPU by process.
+    The client is bench/burst.py's (a few µs per request; see there why not httpx)."""
+    from bench.burst import open_connections
 
-    limits = httpx.Limits(max_connections=count + 8, max_keepalive_connections=count + 8)
-    async with httpx.AsyncClient(timeout=300, limits=limits) as http:
-        # Connections first, so the burst measures the server and not TCP handshakes; timed,
-        # it is the floor under a refusal: `count` trivial requests through the proxy and
-        # the ingress at once.
-        async def health() -> float:
-            sent = time.perf_counter()
-            await http.get(url + "/healthz")
-            return time.perf_counter() - sent
-
+    host, port = url.rsplit("/", 1)[1].rsplit(":", 1)
+    # Connections first, so the burst measures the server and not TCP handshakes.
+    connections = await open_connections(host, int(port), count)
+    try:
         cpu_start = cpu_by_role(session)
-        floor = await asyncio.gather(*(health() for _ in range(count)))
+        floor = await asyncio.gather(*(c.request("GET", "/healthz") for c in connections))
         cpu_floor = cpu_by_role(session)
-        answers = await asyncio.gather(*(_post(http, url, "chat", bodies.next("chat"))
-                                         for _ in range(count)))
+        chats = [bodies.next("chat") for _ in connections]
+        answers = await asyncio.gather(*(c.request("POST", PATHS["chat"], body)
+                                         for c, body in zip(connections, chats)))
         cpu_chats = cpu_by_role(session)
-        after, _, after_code = await _post(http, url, "chat", bodies.next("chat"))
-    refused = [s for status, s, code in answers if status == 503 and code == "overloaded"]
-    admitted = [s for status, s, _ in answers if status == 200]
-    other = Counter(f"{status}:{code}" for status, _, code in answers
+        after = await connections[0].request("POST", PATHS["chat"], bodies.next("chat"))
+    finally:
+        for connection in connections:
+            connection.close()
+    coded = [(a.status, a.seconds, _error_code(a.status, a.headers, a.body)) for a in answers]
+    refused = [s for status, s, code in coded if status == 503 and code == "overloaded"]
+    admitted = [s for status, s, _ in coded if status == 200]
+    other = Counter(f"{status}:{code}" for status, _, code in coded
                     if status != 200 and not (status == 503 and code == "overloaded"))
     return {"burst": count, "refused": len(refused), "admitted": len(admitted),
             "other": dict(other),
@@ -196,9 +205,10 @@ async def _burst(url: str, bodies: Bodies, count: int, session: int) -> dict:
             "refused_p99_ms": 1000 * percentile(refused, .99),
             "admitted_p50_ms": 1000 * percentile(admitted, .5),
             "admitted_p99_ms": 1000 * percentile(admitted, .99),
-            "first_after": after, "first_after_code": after_code,
-            "healthz_p50_ms": 1000 * percentile(floor, .5),
-            "healthz_p99_ms": 1000 * percentile(floor, .99),
+            "first_after": after.status,
+            "first_after_code": _error_code(after.status, after.headers, after.body),
+            "healthz_p50_ms": 1000 * percentile([a.seconds for a in floor], .5),
+            "healthz_p99_ms": 1000 * percentile([a.seconds for a in floor], .99),
             "cpu_s_healthz": {role: round(cpu_floor[role] - cpu_start.get(role, 0), 2)
                               for role in cpu_floor},
             "cpu_s_chats": {role: round(cpu_chats[role] - cpu_floor.get(role, 0), 2)

@@ -226,6 +226,7 @@ def model_deployment(served: ServedModel, server_class: type = ModelServer,
         max_queued_requests=options.max_queued_requests,
         backpressure_config={"retry_after_s": options.retry_after_s},
         graceful_shutdown_timeout_s=drain_timeout_s,
+        health_check_period_s=options.health_check_period_s,
         logging_config=LOGGING_CONFIG,
         **scaling,
     )

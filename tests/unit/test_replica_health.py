@@ -85,3 +85,19 @@ def test_the_bound_is_a_deployment_setting_with_a_default():
     with pytest.raises(ValueError, match="stuck_batch_s"):
         ServedModel.model_validate({"model": "builtin:shapes-clip",
                                     "deployment": {"stuck_batch_s": 0}})
+
+
+def test_serve_checks_each_replica_every_health_check_period_s():
+    # The period also bounds how long Serve takes to notice a replica that died (and start
+    # its successor): Serve's own default is 10 s.
+    from serve_app.app import model_deployment
+
+    def period(**deployment) -> float:
+        served = ServedModel(spec=ModelSpec(model="builtin:shapes-clip"), deployment=deployment)
+        return model_deployment(served)._deployment_config.health_check_period_s
+
+    assert period() == 1.0
+    assert period(health_check_period_s=5) == 5.0
+    with pytest.raises(ValueError, match="health_check_period_s"):
+        ServedModel(spec=ModelSpec(model="builtin:shapes-clip"),
+                    deployment={"health_check_period_s": 0})
