@@ -176,6 +176,19 @@ def test_every_shell_command_runs_or_parses(readme_folder, monkeypatch, capsys):
         elif argv[:3] == ["kubectl", "apply", "-f"]:
             manifest = yaml.safe_load((ROOT / argv[3]).read_text(encoding="utf-8"))
             assert manifest["apiVersion"] == "ray.io/v1", command
+        elif argv[:2] == ["ray", "get-auth-token"]:
+            from ray.scripts.scripts import cli
+
+            options = [p.opts for p in cli.commands["get-auth-token"].params]
+            assert all([flag] in options for flag in argv[2:]), command
+        elif argv[:4] == ["kubectl", "create", "secret", "generic"]:
+            # The Secret the KubeRay manifests' authOptions name, with the key KubeRay reads.
+            secrets = {yaml.safe_load(path.read_text(encoding="utf-8"))["spec"][key]
+                       ["authOptions"]["secretName"]
+                       for path, key in ((ROOT / "deploy/kuberay/rayservice.yaml",
+                                          "rayClusterConfig"),
+                                         (ROOT / "deploy/kuberay/rayjob.yaml", "rayClusterSpec"))}
+            assert secrets == {argv[4]} and argv[5].startswith("--from-literal=auth_token="), command
         elif argv[0] == "make":
             assert re.search(rf"^{argv[1]}:", makefile, flags=re.M), f"no make target {argv[1]}"
         elif argv[:2] == ["raysight", "serve"]:
