@@ -110,14 +110,17 @@ def online_embeddings(folder: str, max_batch_size: int, settings: BenchSettings,
             idle, _ = cpu_split(lambda: time.sleep(2 * settings.embed_window_s))
             began = time.perf_counter()
             rows, figures = cpu_split(lambda: raysight(clients, seconds), clients=clients)
+            outside = _cpu_outside_replica(rows, time.perf_counter() - began, answered[-1],
+                                           clients)
+            idle_cores = round(_overhead_cores(idle), 4)
             split.extend(rows)
-            split.append(_cpu_outside_replica(rows, time.perf_counter() - began, answered[-1],
-                                              clients))
+            split.append(outside)
             split.append(row("online_embeddings", "raysight", "idle_cores_outside_replica",
-                             round(_overhead_cores(idle), 4), clients=clients))
+                             idle_cores, clients=clients))
             log("  cores while raysight serves: " + ", ".join(
                 f"{r['variant']} {r['value']:.2f}" for r in rows))
-            log(f"  CPU per request outside the model replica: {split[-1]['value']:.1f} ms")
+            log(f"  CPU per request outside the model replica: {outside['value']:.1f} ms "
+                f"(those processes burn {idle_cores:.2f} cores with no request at all)")
             return figures
 
         variants = {
