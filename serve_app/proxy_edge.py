@@ -23,6 +23,16 @@ Serve's own plain-text 503 (the replica's queue is full: ``max_queued_requests``
 API's JSON 503 ``overloaded``, keeping its Retry-After. Every response of raysight's own
 (JSON) passes untouched.
 
+A request whose replica is killed just after accepting it could also get no answer at all:
+Ray 2.60's owner of the proxy → replica call (a streaming actor task) sometimes never learns
+that the task's actor died, so the proxy waited for the response's next piece until the
+client gave up (seen about once in 12-20 kills while requests were in flight: the task's
+stream and its completion both stayed pending, its actor DEAD in the GCS).
+``guard_streams()`` closes that gap in the proxy process: a response piece that has not come
+within ``STREAM_CHECK_S`` is checked against its actor's state in the GCS, at most once per
+actor per ``STREAM_CHECK_S``, and a dead actor fails the call with ActorDiedError, which this
+middleware answers as ``replica_lost``.
+
 Serve loads proxy middlewares from ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`` in the
 proxy's environment; ``install()`` sets it in this process before it starts a local Ray (the
 Ray processes inherit it). On a cluster, set the variable on every node:
@@ -35,12 +45,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from dataclasses import dataclass
 
 CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 CALLBACK = "serve_app.proxy_edge:proxy_middlewares"
 ADMISSION_HEADER = b"x-raysight-admission"
 RETRY_AFTER_S = 1
+# How long a response piece may be awaited before its replica's actor is looked up, and how
+# long one lookup per actor is reused.
+STREAM_CHECK_S = 1.0
 LOST_BODY = json.dumps({"error": {
     "message": "the model replica running this request was lost (it died or was restarted) "
                f"before it answered; retry after {RETRY_AFTER_S}s",
@@ -173,10 +187,81 @@ class AdmissionAtProxy:
 
 def proxy_middlewares() -> list:
     """What Serve's proxy calls (CALLBACK_ENV): the middlewares to wrap its app in (the last
-    is outermost: admission refuses before anything else runs)."""
+    is outermost: admission refuses before anything else runs), and, in that process, the
+    guard on its calls to replicas."""
     from starlette.middleware import Middleware
 
+    guard_streams()
     return [Middleware(LostReplicaAs503), Middleware(AdmissionAtProxy)]
+
+
+def guard_streams() -> None:
+    """Make this process's waits on a streaming actor call end when the call's actor is dead
+    (the lost wake-up described in the module's docstring). Idempotent."""
+    from ray._private.object_ref_generator import ObjectRefGenerator
+
+    original = ObjectRefGenerator._next_async
+    if getattr(original, "_raysight_guarded", False):
+        return
+    deaths = _ActorDeaths()
+
+    async def _next_async(self, timeout_s=None):
+        if timeout_s is None or timeout_s < 0:  # the proxy's waits: no timeout of their own
+            await _until_next_piece(self, deaths)
+        return await original(self, timeout_s)
+
+    _next_async._raysight_guarded = True
+    ObjectRefGenerator._next_async = _next_async
+
+
+async def _until_next_piece(generator, deaths: "_ActorDeaths") -> None:
+    """Return once the stream's next piece (or its end, or its error) is there; raise
+    ActorDiedError if, meanwhile, the actor running the call is dead."""
+    from ray.exceptions import ActorDiedError
+
+    stream = generator._generator_ref
+    actor = stream.task_id().actor_id()
+    if actor.is_nil():
+        return  # not an actor call: nothing to watch
+    ref, ready = generator.worker.core_worker.peek_object_ref_stream(stream)
+    if ready:
+        return
+    piece = asyncio.ensure_future(generator._suppress_exceptions(ref))
+    try:
+        while not (await asyncio.wait({piece}, timeout=STREAM_CHECK_S))[0]:
+            if await deaths.dead(actor.hex()):
+                raise ActorDiedError()
+    finally:
+        piece.cancel()
+
+
+class _ActorDeaths:
+    """Whether an actor is DEAD in the GCS, looked up off the event loop, each answer kept
+    for STREAM_CHECK_S (so many waiting calls to one replica cost one lookup a second)."""
+
+    def __init__(self):
+        self._known: dict[str, tuple[float, bool]] = {}
+
+    async def dead(self, actor_hex: str) -> bool:
+        now = time.monotonic()
+        checked = self._known.get(actor_hex)
+        if checked is not None and (checked[1] or now - checked[0] < STREAM_CHECK_S):
+            return checked[1]
+        dead = await asyncio.to_thread(_actor_is_dead, actor_hex)
+        if len(self._known) > 1024:  # replicas come and go: keep the table small
+            self._known.clear()
+        self._known[actor_hex] = (now, dead)
+        return dead
+
+
+def _actor_is_dead(actor_hex: str) -> bool:
+    import ray._private.state
+
+    try:
+        info = ray._private.state.state.actor_table(actor_hex)
+    except Exception:  # noqa: BLE001 - GCS unreachable: no verdict, Ray's own path remains
+        return False
+    return bool(info) and info.get("State") == "DEAD"
 
 
 def install() -> None:
