@@ -25,6 +25,12 @@ alternating batches for good: measured in the benchmark, 32 chat clients ran bat
 decode pass. Independent users (an open loop) do not come back, and waiting for them would
 idle the model: a refill that gains less than half of what it waited for costs credit, and
 with none left the batcher stops refilling, trying again after a few batches.
+
+Burst wait: a batch smaller than the maximum waits up to ``wait_s`` for a burst still
+arriving. The same credit rule applies to it: a wait that gains no request costs credit, and
+without credit the batcher stops waiting (trying again every few batches). A lone
+closed-loop client, which nobody ever joins, so stops paying ``wait_s`` on every request;
+a burst that does gain restores the credit at once.
 """
 
 from __future__ import annotations
@@ -102,6 +108,9 @@ class DrainBatcher(Generic[In, Out]):
         self._refill_goal = 0  # items the next batch waits for while refilling
         self._refill_until = 0.0  # monotonic time; the refill window of the last batch
         self._refill_credit = 1.0  # refills are tried while > 0 (see the module doc)
+        self._burst_credit = 1.0  # burst waits are tried while > 0 (see the module doc)
+        self.burst_waits = 0  # burst waits tried, and those that gained nothing
+        self.failed_burst_waits = 0
         self.refills = 0  # refill waits tried, and those that gained less than half
         self.failed_refills = 0
         self._waiting: deque[_Waiting] = deque()
@@ -191,6 +200,10 @@ class DrainBatcher(Generic[In, Out]):
             if not refilling and self._incoming and before < goal:
                 # Requests already here, being prepared: wait for them, not for strangers.
                 patience, here_only = max(patience, self.prepare_wait_s()), True
+            burst = not refilling and not here_only and patience > 0 and before < goal
+            if burst and self._burst_credit <= 0:
+                self._burst_credit += _REFILL_RECOVERY
+                burst, patience = False, 0.0
             if patience > 0 and len(self._waiting) < goal:
                 self._goal, self._goal_is_here = goal, here_only
                 self._full.clear()
@@ -202,6 +215,8 @@ class DrainBatcher(Generic[In, Out]):
                 self._goal, self._goal_is_here = self.max_batch_size, False
             if refilling:
                 self._score_refill(gained=len(self._waiting) - before, sought=goal - before)
+            elif burst:
+                self._score_burst(gained=len(self._waiting) - before)
             batch = self._take()
             if not self._waiting:
                 self._arrived.clear()
@@ -217,6 +232,14 @@ class DrainBatcher(Generic[In, Out]):
         else:
             self.failed_refills += 1
             self._refill_credit = max(-1.0, self._refill_credit - _REFILL_PENALTY)
+
+    def _score_burst(self, gained: int) -> None:
+        self.burst_waits += 1
+        if gained > 0:
+            self._burst_credit = 1.0
+        else:
+            self.failed_burst_waits += 1
+            self._burst_credit = max(-1.0, self._burst_credit - _REFILL_PENALTY)
 
     def _take(self) -> list[_Waiting]:
         batch: list[_Waiting] = []

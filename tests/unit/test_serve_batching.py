@@ -247,3 +247,48 @@ def test_a_request_alone_does_not_wait_for_anything():
 
     elapsed, stats = run(scenario())
     assert stats.batch_size == 1 and elapsed < 0.05
+
+
+def _lone_client_waits(requests: int, wait_s: float) -> list[float]:
+    """One closed-loop client: each request sent when the last is answered; the time each
+    spent queued (the burst wait, if the batcher waited)."""
+    async def scenario():
+        batcher = DrainBatcher(lambda items: list(items), max_batch_size=8, wait_s=wait_s)
+        waits = []
+        for number in range(requests):
+            _, stats = await batcher.submit(number)
+            waits.append(stats.queue_wait_s)
+        return waits, batcher
+
+    waits, batcher = run(scenario())
+    assert batcher.burst_waits >= 2 and batcher.failed_burst_waits == batcher.burst_waits
+    return waits
+
+
+def test_a_lone_client_stops_paying_the_burst_wait():
+    # Nobody ever joins it: after two fruitless waits the batcher waits only now and then
+    # (every few batches) instead of wait_s on every request.
+    waits = _lone_client_waits(20, wait_s=0.05)
+    waited = [w for w in waits if w >= 0.04]
+    assert waits[0] >= 0.04 and waits[1] >= 0.04
+    assert len(waited) <= 6, waits
+
+
+def test_a_burst_after_a_lone_client_restores_the_burst_wait():
+    async def scenario():
+        sizes: list[int] = []
+        batcher = DrainBatcher(lambda items: list(items), max_batch_size=8, wait_s=0.05,
+                               on_batch=lambda size, waits: sizes.append(size))
+        for number in range(6):  # a lone client spends the credit
+            await batcher.submit(number)
+        # Bursts paced 10 ms apart, with a pause between them: once a burst wait gains a
+        # request the credit is back, and the next burst forms one batch.
+        for burst in range(6):
+            sizes.clear()
+            await _paced(batcher, 4, every_s=0.01)
+            if sizes == [4]:
+                return burst
+            await asyncio.sleep(0.02)
+        return None
+
+    assert run(scenario()) is not None
