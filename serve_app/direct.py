@@ -14,10 +14,11 @@ Several models, or ``ingress.separate: true`` (the default), keep the separate i
 
 A replica that dies holding requests: the proxy's own answer would be a bare 500 (there is
 no ingress left to retry elsewhere); serve_app/proxy_edge.py turns it into a 503
-``replica_lost`` with Retry-After when raysight starts the Ray it serves on. Known defect,
-and the reason this mode is opt-in: on an idle machine a request in flight when its replica
-is killed can get no answer at all until its client's timeout, in some runs
-(tests/integration/test_serve_direct.py marks it xfail, not strict: it is intermittent).
+``replica_lost`` with Retry-After when raysight starts the Ray it serves on, and also ends
+the calls Ray 2.60 sometimes never fails when a replica is killed just after accepting them.
+Still a known defect, and why this mode is opt-in: a request that Serve's router re-sends
+from the dying replica to its replacement can wait for its body until its client's timeout
+(tests/integration/test_serve_direct.py marks the kill test xfail, not strict).
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ API's JSON 503 ``overloaded``, keeping its Retry-After. Every response of raysig
 A request whose replica is killed just after accepting it could also get no answer at all:
 Ray 2.60's owner of the proxy → replica call (a streaming actor task) sometimes never learns
 that the task's actor died, so the proxy waited for the response's next piece until the
-client gave up (seen about once in 12-20 kills while requests were in flight: the task's
-stream and its completion both stayed pending, its actor DEAD in the GCS).
+client gave up (3 times in ~63 kills while requests were in flight; in the one examined, the
+task's stream and its completion both stayed pending, its actor the killed replica).
 ``guard_streams()`` closes that gap in the proxy process: a response piece that has not come
 within ``STREAM_CHECK_S`` is checked against its actor's state in the GCS, at most once per
 actor per ``STREAM_CHECK_S``, and a dead actor fails the call with ActorDiedError, which this
@@ -44,9 +44,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
 
 CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 CALLBACK = "serve_app.proxy_edge:proxy_middlewares"
@@ -230,6 +233,9 @@ async def _until_next_piece(generator, deaths: "_ActorDeaths") -> None:
     try:
         while not (await asyncio.wait({piece}, timeout=STREAM_CHECK_S))[0]:
             if await deaths.dead(actor.hex()):
+                logger.warning("actor %s died holding call %s, and Ray had not failed the "
+                               "call: ending it as a lost replica", actor.hex(),
+                               stream.task_id().hex())
                 raise ActorDiedError()
     finally:
         piece.cancel()
