@@ -70,8 +70,9 @@ def test_one_model_is_one_deployment_answering_http(served):
 # (2) Serve's router re-sending a request from the dying replica to its replacement, which
 # then waits for the request's body (1 of 30 kills with the guard) - not fixed. Not strict
 # because it is intermittent; the run reports XFAIL or XPASS, and the README says so. It
-# also fails when no request was lost at all (every answer a 200 from the new replica: 3 of
-# 11 runs on 2026-11-30), since then no replica_lost 503 can be seen.
+# also fails when no request was lost at all (every answer a 200 from the new replica: seen
+# in 2 of 12 runs on 2026-11-30, 2 more failed under xfail without a hang), since then no
+# replica_lost 503 can be seen.
 @pytest.mark.xfail(strict=False, reason="one-hop mode: a request re-sent by Serve from a "
                    "killed replica to its replacement can wait for its body until the client "
                    "timeout (known intermittent defect; ingress.separate is the default)")
