@@ -123,6 +123,7 @@ class ProxyRoute:
     pool: ProxyPool
     retry_after: bytes
     refusal: bytes  # the whole JSON body of the 503
+    header: bytes  # the ADMISSION_HEADER value this route was learnt from
 
 
 def admission_header(pool: str, limit: int, retry_after_s: int, refusal: dict) -> bytes:
@@ -139,7 +140,6 @@ class AdmissionAtProxy:
         self.app = app
         self.pools: dict[str, ProxyPool] = {}  # by the pool's key
         self.routes: dict[str, ProxyRoute] = {}  # by request path
-        self._seen: dict[str, bytes] = {}  # the header value each route was learnt from
         self.refused = 0
 
     async def __call__(self, scope, receive, send) -> None:
@@ -177,13 +177,13 @@ class AdmissionAtProxy:
         value = next((v for k, v in headers if k.lower() == ADMISSION_HEADER), None)
         if value is None:
             return start
-        if self._seen.get(path) != value:  # parse each distinct value once
+        known = self.routes.get(path)
+        if known is None or known.header != value:  # parse each distinct value once
             told = json.loads(value)
             pool = self.pools.setdefault(told["pool"], ProxyPool(int(told["limit"])))
             pool.limit = int(told["limit"])
             self.routes[path] = ProxyRoute(pool, str(told["retry_after"]).encode(),
-                                           json.dumps(told["refusal"]).encode())
-            self._seen[path] = value
+                                           json.dumps(told["refusal"]).encode(), value)
         return {**start, "headers": [(k, v) for k, v in headers
                                      if k.lower() != ADMISSION_HEADER]}
 
