@@ -89,23 +89,26 @@ class PlainLoop:
 
 
 def embed_job(model_folder: str, images: Path, output: Path, batch: int,
-              torch_threads: int | None, **spec_options) -> tuple[float, dict]:
+              torch_threads: int | None, actors: int | None = None,
+              **spec_options) -> tuple[float, dict]:
     """Images per second of `run_embed` end to end (plan, actors, model load, write);
-    `spec_options`: other ModelSpec fields (the GPU check's device and dtype)."""
+    `actors`: the model pool's size (None: the job's default); `spec_options`: other
+    ModelSpec fields (the GPU check's device and dtype)."""
     from batch_jobs.embed import run_embed
     from raysight.spec import ModelSpec
 
     spec = ModelSpec(model=model_folder, max_batch_size=batch, **spec_options)
     started = time.perf_counter()
     summary = run_embed(spec, str(images), str(output), batch_size=batch,
-                        torch_threads=torch_threads, overwrite=True, progress=False)
+                        torch_threads=torch_threads, actor_pool_size=actors, overwrite=True,
+                        progress=False)
     seconds = time.perf_counter() - started
     if summary.rows != len(list(images.glob("*.jpg"))) or summary.failures:
         raise RuntimeError(f"the embed job did not embed every image: {summary.format()}")
     return summary.rows / seconds, {"plan": summary.plan, "job_seconds": summary.seconds}
 
 
-def offline_embed(model_folder: str, batch: int, torch_threads: int | None,
+def offline_embed(model_folder: str, batch: int, actors: int, torch_threads: int,
                   settings: BenchSettings, log: Callable[[str], None]) -> list[dict]:
     """The job over every image (`offline_repeats` passes; a pass over 5,000 images takes
     minutes) and the plain loop over a time-bounded prefix of them, in `repeats` stretches
@@ -130,7 +133,7 @@ def offline_embed(model_folder: str, batch: int, torch_threads: int | None,
             # Where the cores go during the job (bench/bounds.py), for its first pass.
             split_now, (figure, details) = cpu_split(
                 lambda: embed_job(model_folder, images, Path(scratch) / f"job-{repeat}",
-                                  batch, torch_threads), scenario="offline_cpu_split")
+                                  batch, torch_threads, actors), scenario="offline_cpu_split")
             split = split or split_now
             job_figures.append(figure)
             log(f"  embed job: {figure:.1f} images/s ({details['plan']})")
@@ -138,7 +141,8 @@ def offline_embed(model_folder: str, batch: int, torch_threads: int | None,
     extra = {"batch": batch}
     return [
         median_row(SCENARIO, "embed_job", "images_per_s", job_figures, unit="img/s",
-                   images=settings.offline_images, torch_threads=torch_threads, **details,
+                   images=settings.offline_images, model_actors=actors,
+                   torch_threads=torch_threads, **details,
                    **extra),
         median_row(SCENARIO, "plain_loop", "images_per_s", loop_figures, unit="img/s",
                    stretch_s=settings.offline_loop_segment_s, **extra),
