@@ -110,7 +110,7 @@ def embed_job(model_folder: str, images: Path, output: Path, batch: int,
 
 def offline_embed(model_folder: str, batch: int, actors: int, torch_threads: int,
                   settings: BenchSettings, log: Callable[[str], None]) -> list[dict]:
-    """The job over every image (`offline_repeats` passes; a pass over 5,000 images takes
+    """The job over every image (`offline_repeats` passes; a pass over 4,000 images takes
     minutes) and the plain loop over a time-bounded prefix of them, in `repeats` stretches
     (its rate does not depend on how many images it is given): all but one before the job,
     the last one after it."""

@@ -11,7 +11,9 @@ class BenchSettings:
 
     quick: bool = False
     repeats: int = 3
-    embed_clients: tuple[int, ...] = (1, 8, 32, 64)
+    # 1, 8 and 32 clients are where the targets are; 64 (past max_ongoing_requests' batch)
+    # was dropped to keep `make bench` under 15 minutes.
+    embed_clients: tuple[int, ...] = (1, 8, 32)
     chat_clients: tuple[int, ...] = (1, 8, 32)
     # One closed-loop measurement: a warm-up until every client has had an answer, then
     # `repeats` windows this long, the first lasting until every client has had one more
@@ -24,8 +26,8 @@ class BenchSettings:
     sweep_batches: tuple[int, ...] = (1, 4, 8, 16, 32, 64)
     sweep_window_s: float = 1.0
     auto_sweep_budget_s: float = 5.0  # max_batch_size: auto's own sweep (auto_batch.budget_s)
-    offline_images: int = 5000
-    offline_repeats: int = 1  # passes of the job: one over 5,000 images takes ~5 minutes
+    offline_images: int = 4000
+    offline_repeats: int = 1  # passes of the job: one over 4,000 images takes ~4.5 minutes
     offline_loop_segment_s: float = 8.0  # the plain loop's repeats: stretches this long
     cold_start_repeats: int = 3
     cold_start_timeout_s: float = 120.0
