@@ -14,6 +14,7 @@ import re
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
+from serve_app.body_replay import mark_readers
 from serve_app.config import ServeConfig, ServedModel
 from serve_app.deployment import ModelServer
 from serve_app.direct import DirectModelServer, is_direct
@@ -186,6 +187,7 @@ class Ingress:
         self.gateway = Gateway(config, clients)
 
     def __serve_build_asgi_app__(self):
+        mark_readers()  # a request re-sent here from a lost replica still reads its body
         return build_http_api(self.gateway, IngressMetrics())
 
 

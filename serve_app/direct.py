@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from raysight.spec import ModelSpec
+from serve_app.body_replay import mark_readers
 from serve_app.config import ServeConfig
 from serve_app.deployment import ModelServer
 from serve_app.gateway import Gateway, LocalClient
@@ -46,6 +47,7 @@ class DirectModelServer(ModelServer):
         self.gateway = Gateway(config, {spec.served_name: LocalClient(self)})
 
     def __serve_build_asgi_app__(self):
+        mark_readers()  # a request Serve re-sends here from a killed replica reads its body
         return build_http_api(self.gateway, IngressMetrics())
 
 

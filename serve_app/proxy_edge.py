@@ -194,7 +194,10 @@ def proxy_middlewares() -> list:
     guard on its calls to replicas."""
     from starlette.middleware import Middleware
 
+    from serve_app.body_replay import replay_bodies
+
     guard_streams()
+    replay_bodies()
     return [Middleware(LostReplicaAs503), Middleware(AdmissionAtProxy)]
 
 
