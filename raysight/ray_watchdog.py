@@ -2,8 +2,9 @@
 
     python -m raysight.ray_watchdog RAY_ID DRIVER_PID
 
-While the driver that started the Ray runs, it notes that Ray's processes every second: the
-driver's children that carry ``RAYSIGHT_LOCAL_RAY=RAY_ID`` in their environment (GCS, raylet,
+While the driver that started the Ray runs, it notes that Ray's processes, every second at
+first, then less and less often (every ``SCAN_MAX_S`` at most: a scan reads every process on
+the machine, which cost an idle server ~0.012 cores at one a second): the driver's children that carry ``RAYSIGHT_LOCAL_RAY=RAY_ID`` in their environment (GCS, raylet,
 dashboard...) and everything below them (agents, workers). When the driver closes this
 process's stdin or is gone (a SIGKILLed driver closes it too: the kernel closes a dead
 process's files), it ends those processes and any other carrying the marker: SIGTERM, a short
@@ -20,7 +21,8 @@ import time
 
 MARKER_ENV = "RAYSIGHT_LOCAL_RAY"  # the same name as raysight.local_ray.MARKER_ENV
 GRACE_S = 3.0
-POLL_S = 1.0
+POLL_S = 1.0  # how often the driver is checked (cheap); the first scans come as often
+SCAN_MAX_S = 15.0  # the longest gap between two scans of the Ray's processes
 
 
 def wait_for_driver(driver_pid: int, ray_id: str, known: dict) -> None:
@@ -32,12 +34,18 @@ def wait_for_driver(driver_pid: int, ray_id: str, known: dict) -> None:
         driver = psutil.Process(driver_pid)
     except psutil.NoSuchProcess:
         return
+    # Ray starts its agents in the first seconds: scan often then. A process started later
+    # (a worker, a replaced replica) inherits the marker, which the final sweep looks for.
+    scan_every, next_scan = POLL_S, 0.0
     while True:
         try:
             # The pid check covers a driver whose pipe stayed open in a forked child.
             if not driver.is_running() or driver.status() == psutil.STATUS_ZOMBIE:
                 return
-            remember(known, ray_processes(driver.children(), ray_id))
+            if time.monotonic() >= next_scan:
+                remember(known, ray_processes(driver.children(), ray_id))
+                next_scan = time.monotonic() + scan_every
+                scan_every = min(SCAN_MAX_S, scan_every * 1.5)
         except psutil.NoSuchProcess:
             return
         readable, _, _ = select.select([sys.stdin], [], [], POLL_S)

@@ -182,12 +182,11 @@ class IngressOptions(_Frozen):
         1024, gt=0, description="Requests the HTTP proxy queues for the ingress before 503s."
     )
     separate: bool = Field(
-        True,
-        description="Keep a separate ingress deployment even when one model is served (the "
-        "default). With false, an app of one model has none: the model's replicas answer HTTP "
+        False,
+        description="Keep a separate ingress deployment even when one model is served. By "
+        "default (false) an app of one model has none: the model's replicas answer HTTP "
         "themselves (one Ray hop per request instead of two) and these ingress options do not "
-        "apply; but a request in flight when its replica dies may then wait until its "
-        "client's timeout instead of getting a 503 (a known defect, so it is opt-in).",
+        "apply. An app of several models always has the ingress.",
     )
 
 

@@ -3,22 +3,21 @@
 With a separate ingress every request crosses two Ray calls (proxy → ingress → model) and
 its image is pickled twice; on a 2-core machine the ingress alone cost ~11 CPU-ms per
 embedding request and ~5-10 ms of latency (README "Benchmarks"). When an application serves
-a single model the ingress only forwards, so with ``ingress.separate: false`` (opt-in)
-``build_app`` deploys this instead: the
-ModelServer with the same FastAPI app in its own replica, reached through a LocalClient. The
-proxy → replica call is then the only hop, and routing, parsing and the checks on the
-request path are exactly those of the separate ingress (same Gateway, same routes).
+a single model the ingress only forwards, so by default (``ingress.separate: false``)
+``build_app`` deploys this instead: the ModelServer with the same FastAPI app in its own
+replica, reached through a LocalClient. The proxy → replica call is then the only hop, and
+routing, parsing and the checks on the request path are exactly those of the separate
+ingress (same Gateway, same routes).
 
-Several models, or ``ingress.separate: true`` (the default), keep the separate ingress
-(app.py).
+Several models, or ``ingress.separate: true``, keep the separate ingress (app.py).
 
 A replica that dies holding requests: the proxy's own answer would be a bare 500 (there is
 no ingress left to retry elsewhere); serve_app/proxy_edge.py turns it into a 503
 ``replica_lost`` with Retry-After when raysight starts the Ray it serves on, and also ends
 the calls Ray 2.60 sometimes never fails when a replica is killed just after accepting them.
-Still a known defect, and why this mode is opt-in: a request that Serve's router re-sends
-from the dying replica to its replacement can wait for its body until its client's timeout
-(tests/integration/test_serve_direct.py marks the kill test xfail, not strict).
+A request Serve's router re-sends from the dying replica to its replacement gets its body
+again from the proxy (serve_app/body_replay.py), so it is answered instead of waiting for a
+body until its client's timeout.
 """
 
 from __future__ import annotations
