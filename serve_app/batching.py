@@ -22,7 +22,10 @@ batch waits for n more requests than were waiting when it ended, because the cli
 answered are likely to be sending again. Without it, closed-loop clients lock into
 alternating batches for good: measured in the benchmark, 32 chat clients ran batches of
 1, 31, 1, 31, ... and 8 clients split into two batches of 4, each batch a whole prefill and
-decode pass. Independent users (an open loop) do not come back, and waiting for them would
+decode pass. Clients that came back in time but are still being prepared when the refill
+ends (a batch's worth of images is decoded one after another) are waited for as well, up to
+the wait for requests being prepared. Independent users (an open loop) do not come back,
+and waiting for them would
 idle the model: a refill that gains less than half of what it waited for costs credit, and
 with none left the batcher stops refilling, trying again after a few batches.
 
@@ -205,14 +208,12 @@ class DrainBatcher(Generic[In, Out]):
                 self._burst_credit += _REFILL_RECOVERY
                 burst, patience = False, 0.0
             if patience > 0 and len(self._waiting) < goal:
-                self._goal, self._goal_is_here = goal, here_only
-                self._full.clear()
-                if not self._expected_here():
-                    try:
-                        await asyncio.wait_for(self._full.wait(), patience)
-                    except asyncio.TimeoutError:
-                        pass
-                self._goal, self._goal_is_here = self.max_batch_size, False
+                await self._wait_for(goal, here_only, patience)
+            if refilling and len(self._waiting) < goal and self._incoming:
+                # The clients came back in time but are still being prepared (one after
+                # another: a batch's worth of decoding can outlast the refill): leaving them
+                # out would split the clients into two cohorts again.
+                await self._wait_for(goal, True, self.prepare_wait_s())
             if refilling:
                 self._score_refill(gained=len(self._waiting) - before, sought=goal - before)
             elif burst:
@@ -224,6 +225,18 @@ class DrainBatcher(Generic[In, Out]):
                 self._full.clear()
             if batch:
                 await self._run(batch)
+
+    async def _wait_for(self, goal: int, here_only: bool, patience: float) -> None:
+        """Wait up to `patience` for `goal` items (or, `here_only`, for every request in the
+        replica when fewer are there)."""
+        self._goal, self._goal_is_here = goal, here_only
+        self._full.clear()
+        if not self._expected_here():
+            try:
+                await asyncio.wait_for(self._full.wait(), patience)
+            except asyncio.TimeoutError:
+                pass
+        self._goal, self._goal_is_here = self.max_batch_size, False
 
     def _score_refill(self, gained: int, sought: int) -> None:
         self.refills += 1

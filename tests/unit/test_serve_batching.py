@@ -166,6 +166,38 @@ def test_refill_merges_clients_that_were_answered_in_alternating_batches(first):
     assert merged[1:8] == [8] * 7
 
 
+def test_refill_waits_for_returning_clients_still_being_prepared():
+    """8 closed-loop clients whose requests are prepared one after another (6 ms each: the
+    last is ready ~48 ms after the answers, past the refill's 30 ms of a 300 ms batch) stay
+    one batch of 8 instead of splitting into cohorts."""
+    import time
+
+    def model(items):
+        time.sleep(0.3)
+        return list(items)
+
+    async def scenario():
+        sizes: list[int] = []
+        batcher = DrainBatcher(model, max_batch_size=8,
+                               on_batch=lambda size, waits: sizes.append(size))
+        preparing = asyncio.Lock()
+
+        async def client(number: int) -> None:
+            for _ in range(6):
+                with batcher.incoming():
+                    async with preparing:  # one decoder: preparations queue up
+                        await asyncio.sleep(0.006)
+                await batcher.submit(number)
+
+        await asyncio.gather(*(client(n) for n in range(8)))
+        return sizes
+
+    sizes = run(scenario())
+    # The first request runs alone (nobody was ready); then client 0 is one request ahead,
+    # so the last batch holds the other 7. Without the wait: 1, 8, 5, 3, ... (cohorts).
+    assert sizes == [1, 8, 8, 8, 8, 8, 7], sizes
+
+
 def test_refill_stops_waiting_for_an_open_loop():
     """Requests from independent users (one every 10 ms, whatever the answers) do not
     come back: after two refills that gained little the batcher mostly stops waiting."""
