@@ -21,9 +21,10 @@ class SequenceStats:
 Done = Callable[[Any, SequenceStats], None]
 
 
-@dataclass
+@dataclass(eq=False)
 class Sequence:
-    """One request inside the scheduler."""
+    """One request inside the scheduler. Compared by identity (eq=False): the waiting queue
+    removes a sequence by `==`, and field-wise equality would compare its input tensors."""
 
     item: PreparedChat
     on_done: Done

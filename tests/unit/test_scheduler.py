@@ -149,6 +149,25 @@ def test_a_cancelled_request_leaves_at_its_next_step(engines, rng):
     assert [results[1].token_ids, results[2].token_ids] == [a.token_ids for a in alone]
 
 
+def test_a_waiting_request_whose_client_went_away_is_dropped_from_anywhere_in_the_queue(
+        engines, rng):
+    """Behind other waiting requests too (the queue is searched by identity, never by
+    comparing the requests' tensors); the scheduler then serves the rest."""
+    engine = engines("qwen2-vl")
+    requests = _requests(rng)[:3]
+    gone = threading.Event()
+    requests[2] = dataclasses.replace(requests[2], cancelled=gone)
+    scheduler = _scheduler(engine, max_running=1)
+    results = _collect(engine, scheduler, requests)
+    scheduler.step()  # the first runs; the other two wait, the one that goes last
+    gone.set()
+    scheduler.run_until_idle()
+    assert results[2].finish_reason == "cancelled" and results[2].token_ids == []
+    assert scheduler.finished["cancelled"] == 1
+    alone = [engine.run([request])[0] for request in requests[:2]]
+    assert [results[0].token_ids, results[1].token_ids] == [a.token_ids for a in alone]
+
+
 def test_prefill_budget_interleaves_admission_with_decoding(engines, rng):
     """With a one-token prefill budget a step admits one request, so the first request gets
     a token at every step while the others join one by one."""
