@@ -12,9 +12,10 @@ whole `generate` call to end. Each `step()`:
    client went away, freeing their rows of the cache at once.
 Every new token's text is handed to the request's `on_text` as it is chosen.
 
-Long prompts do not stall the others for long: a step prefills at most
-prefill_tokens_per_step prompt tokens (but always at least one request), so decoding goes on
-between admissions. A single prompt longer than that budget is still prefilled in one go.
+Long prompts do not stall the others for long: while sequences decode, a step prefills at
+most prefill_tokens_per_step prompt tokens (but always at least one request), so decoding
+goes on between admissions; with none decoding it admits all that fit, in forwards of at
+most that many tokens. A single prompt longer than that budget is still prefilled in one go.
 
 Everything architecture-specific (prefill inputs, positions, stop tokens) comes from the
 engine's family (raysight/families/stepping.py); the scheduler names no architecture.
@@ -187,7 +188,8 @@ class GenerationScheduler:
         for sequence in admitted:  # e.g. BLIP batches only prompts of one length
             groups.setdefault(self.family.batch_key(sequence.item.inputs), []).append(sequence)
         for group in groups.values():
-            self._prefill(group)
+            for run in self.admission.forwards(group):
+                self._prefill(run)
         self.admission.prefilled(time.monotonic() - started)
 
     def _prefill(self, group: list[Sequence]) -> None:

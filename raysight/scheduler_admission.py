@@ -2,8 +2,13 @@
 requests join the running batch, and which of them.
 
 A step admits waiting requests, oldest first, while the running set has room
-(max_running), the KV budget has room, and the step's prefill budget
-(prefill_tokens_per_step prompt tokens, but always at least one request) is not spent.
+(max_running) and the KV budget has room; while sequences are decoding, also only while the
+step's prefill budget (prefill_tokens_per_step prompt tokens, but always at least one
+request) is not spent, so that their next token is not held up for long. With nothing
+decoding there is no one to hold up: the step admits all that fit, prefilled in forwards of
+at most that many prompt tokens each (`forwards`, which also bounds a forward's memory), so
+a cohort that arrives together (closed-loop clients) decodes together from its first step
+instead of being split into groups that then finish, come back and prefill apart for good.
 
 KV budget: the batch cache is left padded, so it holds (running sequences) x (the longest)
 token slots. A request is admitted only if, with it, that product at everyone's last token
@@ -127,7 +132,7 @@ class Admission:
                     break
                 head = waiting[0]
                 prompt = head.item.inputs.prompt_tokens
-                if admitted and spent + prompt > self.prefill_tokens_per_step:
+                if running and admitted and spent + prompt > self.prefill_tokens_per_step:
                     break  # decode first; admit the rest at the next step
                 if not self.fits(running + admitted + [head]):
                     break  # oldest first: wait for room rather than let others pass
@@ -138,3 +143,18 @@ class Admission:
                 spent += prompt
                 admitted.append(head)
         return admitted
+
+    def forwards(self, group: list[Sequence]) -> list[list[Sequence]]:
+        """`group` (admitted together, one batch key) in runs of at most
+        prefill_tokens_per_step prompt tokens (at least one sequence each): one prefill
+        forward each."""
+        runs: list[list[Sequence]] = []
+        spent = 0
+        for sequence in group:
+            prompt = sequence.item.inputs.prompt_tokens
+            if not runs or spent + prompt > self.prefill_tokens_per_step:
+                runs.append([])
+                spent = 0
+            runs[-1].append(sequence)
+            spent += prompt
+        return runs

@@ -169,22 +169,46 @@ def test_a_waiting_request_whose_client_went_away_is_dropped_from_anywhere_in_th
 
 
 def test_prefill_budget_interleaves_admission_with_decoding(engines, rng):
-    """With a one-token prefill budget a step admits one request, so the first request gets
-    a token at every step while the others join one by one."""
+    """With a one-token prefill budget a step admits one request while others decode, so
+    the first request gets a token at every step while the others join one by one."""
     engine = engines("qwen2-vl")
     requests = _requests(rng)
     scheduler = _scheduler(engine, prefill_tokens_per_step=1)
     streamed: list[str] = []
     first = dataclasses.replace(requests[2], on_text=streamed.append)
-    results = _collect(engine, scheduler, [first, *requests[:2], requests[3]])
+    results = _collect(engine, scheduler, [first])
+    scheduler.step()
+    later = _collect(engine, scheduler, [*requests[:2], requests[3]])
     running = []
     for _ in range(3):
         scheduler.step()
         running.append(scheduler.stats().running)
-    assert running[:2] == [1, 2]
+    assert running[:2] == [2, 3]
     scheduler.run_until_idle()
+    assert len(later) == 3
     assert "".join(streamed).strip() == results[0].text
     assert len(results[0].token_ids) == NEW_TOKENS[2]
+
+
+def test_with_nothing_decoding_a_cohort_joins_whole_in_forwards_within_the_budget(
+        engines, rng):
+    """Requests waiting while nothing decodes all join at the first step (no one's token is
+    held up by their prefill), each forward within prefill_tokens_per_step; answers equal
+    those alone."""
+    engine = engines("qwen2-vl")
+    requests = [r for r, new in zip(_requests(rng), NEW_TOKENS) if new > 2]  # 4 of them
+    prepared = [engine.preprocess(r) for r in requests]
+    budget = max(p.inputs.prompt_tokens for p in prepared)  # one prompt per forward
+    scheduler = _scheduler(engine, prefill_tokens_per_step=budget)
+    forwards: list[int] = []
+    prefill = scheduler._prefill
+    scheduler._prefill = lambda group: (forwards.append(len(group)), prefill(group))
+    results = _collect(engine, scheduler, requests)
+    scheduler.step()
+    assert scheduler.stats().running == 4 and forwards == [1, 1, 1, 1]
+    scheduler.run_until_idle()
+    alone = [engine.run([request])[0] for request in requests]
+    assert [results[i].token_ids for i in range(4)] == [a.token_ids for a in alone]
 
 
 def test_seeded_sampling_is_per_request(engines, rng):
