@@ -33,7 +33,10 @@ is that many tokens or fewer from its max_new_tokens, admission waits for it to 
 most admit_every_steps steps more), so a short answer about to end is not held up by
 someone else's prefill: on a CPU one prefill (the vision encoder and the prompt) costs
 about as much as ten decode steps, so the newcomer waits a few cheap steps and the one
-ending saves a whole prefill.
+ending saves a whole prefill. This comes before "the waiting fill every free slot": a
+closed-loop cohort split in two (half of it came back a step or two before the rest ended)
+then waits for the rest and is prefilled whole again, instead of the halves stalling each
+other with a prefill in every round for good.
 """
 
 from __future__ import annotations
@@ -101,17 +104,17 @@ class Admission:
     def due(self, running: list[Sequence], waiting: int, incoming: int,
             oldest_wait_s: float) -> bool:
         """Whether to admit now (see the module docstring)."""
-        if not running or waiting >= self.max_running - len(running):
+        if not running:
             return True
         if incoming and oldest_wait_s < self.gather_s:
             return False  # more are on their way: prefill them together
-        if self.steps_since_admission < self.admit_every_steps:
-            return False
         if self.held < self.admit_every_steps and any(
                 s.item.max_new_tokens - len(s.tokens) <= self.finish_horizon for s in running):
             self.held += 1  # let the ones about to end finish first
             return False
-        return True
+        if waiting >= self.max_running - len(running):
+            return True
+        return self.steps_since_admission >= self.admit_every_steps
 
     def admit(self, running: list[Sequence], waiting: collections.deque[Sequence],
               lock: threading.Condition,
@@ -142,6 +145,10 @@ class Admission:
             if not answered(head):
                 spent += prompt
                 admitted.append(head)
+        # The batch each one joined: the running set with everyone admitted now.
+        joined = len(running) + len(admitted)
+        for sequence in admitted:
+            sequence.admitted = SequenceStats(joined, sequence.admitted.queue_wait_s)
         return admitted
 
     def forwards(self, group: list[Sequence]) -> list[list[Sequence]]:

@@ -11,7 +11,8 @@ from raysight.engines.generate import IncrementalText, PreparedChat
 
 @dataclass(frozen=True)
 class SequenceStats:
-    """What one request saw: the running batch it joined and how long it waited to join."""
+    """What one request saw: the size of the running batch it joined (with everyone
+    admitted in the same step) and how long it waited to join."""
 
     batch_size: int
     queue_wait_s: float

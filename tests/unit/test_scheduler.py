@@ -289,16 +289,18 @@ def test_a_failing_token_choice_fails_that_request_alone(engines, rng, monkeypat
     assert [results[0].token_ids, results[2].token_ids] == [a.token_ids for a in alone]
 
 
-def test_admission_waits_for_one_about_to_finish(engines, rng):
+@pytest.mark.parametrize("max_running", [8, 2])
+def test_admission_waits_for_one_about_to_finish(engines, rng, max_running):
     """Finishers first: while a running sequence is within finish_horizon tokens of its
-    max_tokens, a newcomer waits for it to end instead of prefilling in between; without
-    the horizon it joins at once. Tokens are the ones each gets alone either way."""
+    max_tokens, a newcomer waits for it to end instead of prefilling in between, also when
+    it would fill the last free slot (max_running 2: a cohort's early half waits for the
+    rest); without the horizon it joins at once. Tokens are the ones each gets alone."""
     engine = engines("qwen2-vl")
     short, newcomer = _requests(rng)[2], _requests(rng)[0]
     short = dataclasses.replace(short, max_new_tokens=3, min_new_tokens=3)
     seen = {}
     for horizon in (2, 0):
-        scheduler = _scheduler(engine, finish_horizon=horizon)
+        scheduler = _scheduler(engine, finish_horizon=horizon, max_running=max_running)
         results = _collect(engine, scheduler, [short])
         scheduler.step()  # prefill (token 1) and one decode (token 2): one token to go
         more = _collect(engine, scheduler, [newcomer])
@@ -343,7 +345,7 @@ def test_run_waits_for_requests_being_prepared(engines, rng):
         # The first waited for the second (0.3 s, under gather_s), then both joined in one
         # admission, the second at once.
         assert stats[0].queue_wait_s >= 0.25 and stats[1].queue_wait_s < 0.2
-        assert (stats[0].batch_size, stats[1].batch_size) == (1, 2)
+        assert (stats[0].batch_size, stats[1].batch_size) == (2, 2)
         stats.clear()
         done.clear()
         scheduler.submit(engine.preprocess(_requests(rng)[2]), answered(0))
