@@ -206,7 +206,8 @@ class ModelSpec(_Frozen):
         1024, gt=0,
         description="Continuous scheduler: prompt tokens prefilled between two decode steps "
         "(at least one request per step), so long prompts arriving do not stall the "
-        "sequences already decoding.",
+        "sequences already decoding; with none decoding, the most prompt tokens in one "
+        "prefill forward (a step then admits everyone who fits, in several forwards).",
     )
     max_text_tokens: int = Field(
         4096,
