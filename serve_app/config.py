@@ -260,6 +260,25 @@ class ServeConfig(_Frozen):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _ingress_options_apply(self) -> "ServeConfig":
+        """An app of one model has no separate ingress unless `ingress.separate` asks for one
+        (the default since one hop): an ingress option changed from its default would then be
+        dropped without a word (and `num_cpus` still reserved by the placement check)."""
+        if len(self.models) > 1 or self.ingress.separate:
+            return self
+        defaults = IngressOptions()
+        changed = sorted(name for name in self.ingress.model_fields_set - {"separate"}
+                         if getattr(self.ingress, name) != getattr(defaults, name))
+        if changed:
+            raise ValueError(
+                f"ingress.{', ingress.'.join(changed)} only apply to a separate ingress, and an "
+                "app of one model has none by default (its replicas answer HTTP themselves): "
+                "set ingress.separate: true to keep one, or remove "
+                f"ingress.{', ingress.'.join(changed)}"
+            )
+        return self
+
     def resolved_api_key(self) -> str | None:
         """The API key to require, if any (api_key, else the api_key_env variable)."""
         if self.api_key:

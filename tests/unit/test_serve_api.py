@@ -43,10 +43,23 @@ def test_models_are_written_flat_with_a_deployment_block():
     ([{"model": "a"}], {"indexes": [{"path": "/x", "model": "b"}]}, "not served"),
     ([{"model": "a", "deployment": {"replicas": 2}}], {}, "replicas"),
     ([], {}, "models"),
+    ([{"model": "a"}], {"ingress": {"num_replicas": 2, "num_cpus": 0.5}},
+     r"ingress\.num_cpus, ingress\.num_replicas only apply to a separate ingress.*"
+     r"ingress\.separate: true"),
 ])
 def test_config_mistakes_are_explained(models, extra, message):
     with pytest.raises(ConfigError, match=message):
         ServeConfig.from_mapping({"models": models, **extra})
+
+
+@pytest.mark.parametrize("models, ingress", [
+    ([{"model": "a"}], {"separate": True, "num_replicas": 2}),
+    ([{"model": "a"}, {"model": "b"}], {"num_replicas": 2}),
+    ([{"model": "a"}], {"num_replicas": 1, "separate": False}),  # a default, written out
+])
+def test_ingress_options_are_taken_where_an_ingress_runs(models, ingress):
+    config = ServeConfig.from_mapping({"models": models, "ingress": ingress})
+    assert config.ingress.num_replicas == ingress["num_replicas"]
 
 
 def test_the_example_serve_config_is_valid():
