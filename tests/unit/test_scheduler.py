@@ -211,6 +211,33 @@ def test_with_nothing_decoding_a_cohort_joins_whole_in_forwards_within_the_budge
     assert [results[i].token_ids for i in range(4)] == [a.token_ids for a in alone]
 
 
+def test_with_nothing_decoding_a_cohort_past_the_kv_budget_joins_as_far_as_it_fits(
+        engines, rng):
+    """Issue #19: the "admit everyone who fits" path keeps the KV budget: of a cohort
+    waiting while nothing decodes, those that fit join (in forwards of one prompt each) and
+    the rest wait, never failed or cut short; every one gets the tokens it gets alone."""
+    engine = engines("qwen2-vl")
+    requests = [r for r, new in zip(_requests(rng), NEW_TOKENS) if new > 2]  # 4 of them
+    prepared = [engine.preprocess(r) for r in requests]
+    finals = [p.inputs.prompt_tokens + p.max_new_tokens for p in prepared]
+    budget = 2 * max(finals[:2])  # the first two fit together; a third never does
+    assert 3 * max(finals[:3]) > budget
+    scheduler = _scheduler(engine, kv_cache_tokens=budget,
+                           prefill_tokens_per_step=max(p.inputs.prompt_tokens
+                                                       for p in prepared))
+    results = _collect(engine, scheduler, requests)
+    seen = []
+    while not scheduler.idle:
+        scheduler.step()
+        stats = scheduler.stats()
+        seen.append(stats.running)
+        assert stats.kv_tokens <= stats.kv_budget_tokens
+    assert seen[0] == 2 and max(seen) == 2
+    alone = [engine.run([request])[0] for request in requests]
+    assert [results[i].token_ids for i in range(4)] == [a.token_ids for a in alone]
+    assert [len(results[i].token_ids) for i in range(4)] == [r.max_new_tokens for r in requests]
+
+
 def test_seeded_sampling_is_per_request(engines, rng):
     """A seeded sampled request draws the same tokens alone and next to others."""
     engine = engines("qwen2-vl")
