@@ -37,7 +37,7 @@ class BenchSettings:
     # generation_mixed (bench/generation_mixed.py): open-loop requests per scheduler, and
     # the closed-loop check's window per repeat.
     mixed_requests: int = 64
-    mixed_closed_window_s: float = 8.0
+    mixed_closed_window_s: float = 20.0
 
     @property
     def max_clients(self) -> int:
