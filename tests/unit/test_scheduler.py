@@ -98,6 +98,18 @@ def _collect(engine, scheduler, requests):
     return results
 
 
+def _step_within_budget(scheduler) -> list[int]:
+    """Step `scheduler` until idle, checking after every step that its KV tokens stay within
+    the budget; the running set's size after each step."""
+    running = []
+    while not scheduler.idle:
+        scheduler.step()
+        stats = scheduler.stats()
+        running.append(stats.running)
+        assert stats.kv_tokens <= stats.kv_budget_tokens
+    return running
+
+
 def test_kv_budget_makes_requests_wait_never_cut(engines, rng):
     """A budget that holds one sequence at a time: the rest wait their turn and still get
     every token they get alone; the running set never outgrows the budget."""
@@ -107,12 +119,7 @@ def test_kv_budget_makes_requests_wait_never_cut(engines, rng):
     biggest = max(p.inputs.prompt_tokens + p.max_new_tokens for p in prepared)
     scheduler = _scheduler(engine, kv_cache_tokens=biggest + 1)
     results = _collect(engine, scheduler, requests)
-    seen_running = []
-    while not scheduler.idle:
-        scheduler.step()
-        stats = scheduler.stats()
-        seen_running.append(stats.running)
-        assert stats.kv_tokens <= stats.kv_budget_tokens
+    seen_running = _step_within_budget(scheduler)
     assert max(seen_running) == 1
     alone = [engine.run([request])[0] for request in requests]
     assert [results[i].token_ids for i in range(3)] == [a.token_ids for a in alone]
@@ -226,12 +233,7 @@ def test_with_nothing_decoding_a_cohort_past_the_kv_budget_joins_as_far_as_it_fi
                            prefill_tokens_per_step=max(p.inputs.prompt_tokens
                                                        for p in prepared))
     results = _collect(engine, scheduler, requests)
-    seen = []
-    while not scheduler.idle:
-        scheduler.step()
-        stats = scheduler.stats()
-        seen.append(stats.running)
-        assert stats.kv_tokens <= stats.kv_budget_tokens
+    seen = _step_within_budget(scheduler)
     assert seen[0] == 2 and max(seen) == 2
     alone = [engine.run([request])[0] for request in requests]
     assert [results[i].token_ids for i in range(4)] == [a.token_ids for a in alone]
