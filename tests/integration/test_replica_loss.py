@@ -1,7 +1,7 @@
 """A lost model replica costs no request a 500, over real HTTP on the session's local Ray.
 
-Each model waits 3 s for a fuller batch (batch_wait_timeout_s), so a burst sits inside its
-replica when the test kills that replica: with a second replica every lost request is retried
+Each model waits 3 s for a fuller batch (batch_wait_timeout_s), and a burst's first request
+goes alone, so the burst sits inside its replica when the test kills that replica: with a second replica every lost request is retried
 there and answered; with none, each gets a 503 ``replica_lost`` with Retry-After; a stream that
 had begun ends with a ``replica_lost`` error event and [DONE]. Two overload bursts check that
 what is refused is a JSON 503 with Retry-After and that the admitted all succeed: one refused
@@ -85,19 +85,29 @@ def _replicas(deployment: str) -> list:
             if actor["namespace"] == "serve" and f"#{deployment}#" in actor["name"]]
 
 
-def _kill_the_busiest_replica(deployment: str, expected: int) -> None:
+def _kill_the_busiest_replica(deployment: str, expected: int) -> int:
     """Kill the replica of `deployment` holding the most requests, once its replicas hold
-    `expected` between them (or HOLD_S is nearly over: a slow machine delivers late)."""
+    `expected` between them, and return how many the killed one held.
+
+    A batch waits HOLD_S from its first request's arrival, so that is when the clock starts:
+    a busy machine may take seconds to deliver a burst, and a kill before any request has
+    arrived would test nothing (Serve re-routes requests no replica holds)."""
     import ray
 
     replicas = _replicas(deployment)
-    deadline = time.monotonic() + HOLD_S - 0.5
+    give_up = time.monotonic() + 60
+    deadline = None
     while True:
         held = ray.get([replica.get_num_ongoing_requests.remote() for replica in replicas])
-        if sum(held) >= expected or time.monotonic() > deadline:
+        now = time.monotonic()
+        if deadline is None and sum(held):
+            deadline = now + HOLD_S - 0.5  # the first batch began waiting about now
+        if sum(held) >= expected or (deadline is not None and now > deadline):
             break
+        assert now < give_up, f"no request reached a replica of {deployment} within 60 s"
         time.sleep(0.05)
     ray.kill(replicas[held.index(max(held))], no_restart=True)
+    return max(held)
 
 
 def _classify(url: str, model: str, image_b64: str):
@@ -108,10 +118,31 @@ def _classify(url: str, model: str, image_b64: str):
 
 
 def _burst_then_kill(url: str, model: str, image_b64: str, count: int) -> list:
+    """Send `count` requests and kill the replica holding most of them while they wait.
+
+    One request goes first, and the rest once a replica holds it: a batch that begins with
+    requests still being prepared in the replica waits only for them (serve_app/batching.py),
+    not HOLD_S, and could be answered before the kill. A lone first request waits HOLD_S for
+    a fuller batch, which the rest then join."""
+    deployment = "model-" + model
     with futures.ThreadPoolExecutor(count) as pool:
-        sent = [pool.submit(_classify, url, model, image_b64) for _ in range(count)]
-        _kill_the_busiest_replica("model-" + model, count)  # requests wait for their batch
-        return [future.result() for future in sent]
+        sent = [pool.submit(_classify, url, model, image_b64)]
+        _wait_until_held(deployment, 1)
+        sent += [pool.submit(_classify, url, model, image_b64) for _ in range(count - 1)]
+        killed_held = _kill_the_busiest_replica(deployment, count)
+        answers = [future.result() for future in sent]
+    assert killed_held >= 1, "the killed replica held no request: the test tested nothing"
+    return answers
+
+
+def _wait_until_held(deployment: str, count: int, limit_s: float = 60) -> None:
+    import ray
+
+    replicas = _replicas(deployment)
+    deadline = time.monotonic() + limit_s
+    while sum(ray.get([r.get_num_ongoing_requests.remote() for r in replicas])) < count:
+        assert time.monotonic() < deadline, f"{deployment} got no request within {limit_s} s"
+        time.sleep(0.02)
 
 
 def _wait_until_answered(url: str, model: str, image_b64: str, limit_s: float = 240) -> None:
