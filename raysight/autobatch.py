@@ -4,8 +4,9 @@ and device.
 The sweep runs the engine's own `infer` + `postprocess` on made-up images (noise, each one
 different, so no cache answers) at batch sizes 1, 2, 4, ... up to `auto_batch.max_size`,
 within `auto_batch.budget_s`. Past some size a bigger batch buys no throughput (the device is
-busy) and only adds latency, so the pick is the smallest size whose throughput is within
-`auto_batch.tolerance` of the best; a size that runs out of memory ends the sweep. The pick
+busy) and only adds latency, so the pick is the smallest size whose median throughput is
+within `auto_batch.tolerance` of the best; which sizes get the budget's repeated samples is
+raysight/autobatch_plan.py's method. A size that runs out of memory ends the climb. The pick
 is kept in a small JSON file keyed by the model (source and a fingerprint of its files), the
 device, dtype and task, so the next start on the same device reads it instead of sweeping.
 """
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from raysight.autobatch_plan import SweepPlan, pick_size  # noqa: F401 - pick_size: the rule
 from raysight.errors import RaysightError
 
 logger = logging.getLogger(__name__)
@@ -32,34 +34,31 @@ _SWEEP_NEW_TOKENS = 8
 
 @dataclass(frozen=True)
 class BatchChoice:
-    """What `auto` picked, and from what: items/s per swept size (empty from the cache)."""
+    """What `auto` picked, and from what: the median items/s per swept size and how many
+    samples each median is of (both empty from the cache)."""
 
     size: int
     from_cache: bool
     device: str
     throughput: dict[int, float] = field(default_factory=dict)
+    samples: dict[int, int] = field(default_factory=dict)
     seconds: float = 0.0
     stopped: str = ""  # why the sweep stopped before max_size ("" when it reached it)
 
     def as_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["throughput"] = {str(size): rate for size, rate in self.throughput.items()}
+        data["samples"] = {str(size): count for size, count in self.samples.items()}
         return data
 
     def describe(self) -> str:
         if self.from_cache:
             return f"max_batch_size auto -> {self.size} (cached for {self.device})"
-        rates = ", ".join(f"{size}: {rate:.1f}" for size, rate in self.throughput.items())
+        rates = ", ".join(f"{size}: {rate:.1f}" + (f" x{self.samples[size]}"
+                                                   if self.samples.get(size, 1) > 1 else "")
+                          for size, rate in self.throughput.items())
         return (f"max_batch_size auto -> {self.size} on {self.device} after a "
-                f"{self.seconds:.1f} s sweep (items/s by batch {rates})")
-
-
-def pick_size(throughput: dict[int, float], tolerance: float) -> int:
-    """The smallest size whose throughput is within `tolerance` of the best."""
-    if not throughput:
-        raise ValueError("no batch size was measured")
-    best = max(throughput.values())
-    return min(size for size, rate in throughput.items() if rate >= (1 - tolerance) * best)
+                f"{self.seconds:.1f} s sweep (median items/s by batch, x samples: {rates})")
 
 
 def sweep_sizes(max_size: int) -> list[int]:
@@ -183,18 +182,19 @@ def _source(spec) -> str:
 
 
 def sweep(engine) -> BatchChoice:
-    """Items/s of the engine at each size within the budget, and the pick."""
+    """Items/s of the engine at the sizes worth timing within the budget, and the pick
+    (the method: raysight/autobatch_plan.py)."""
     settings = engine.spec.auto_batch
     sizes = sweep_sizes(settings.max_size)
+    plan = SweepPlan(sizes=sizes, tolerance=settings.tolerance, budget_s=settings.budget_s)
     prepared = _sample_items(engine, settings.max_size)
     original, features = engine.spec, getattr(engine, "image_features", None)
-    throughput: dict[int, float] = {}
-    stopped = ""
     if features is not None:
         engine.image_features = None  # the vision cache would answer every repeat
-    window = settings.budget_s / (2 * len(sizes))
+    # One sample lasts at least this long (a fast device runs its batch several times).
+    sample_s = settings.budget_s / (8 * len(sizes))
     # A new batch shape on a GPU picks its kernels on the first call; on a CPU the first call
-    # at a size costs what the next does, and the budget is better spent on bigger sizes.
+    # at a size costs what the next does, and the budget is better spent on more samples.
     warm_up = str(engine.device).startswith("cuda")
     started = time.perf_counter()
     try:
@@ -203,35 +203,33 @@ def sweep(engine) -> BatchChoice:
         engine.spec = original.model_copy(update={"max_batch_size": 1})
         _run_batch(engine, prepared[:1])
         started = time.perf_counter()
-        for size in sizes:
-            spent = time.perf_counter() - started
-            if throughput:
-                # Its calls (a warm-up on a GPU, and one timed) at the best rate seen so far.
-                expected = (1 + warm_up) * size / max(throughput.values())
-                if spent + expected > settings.budget_s:
-                    stopped = f"budget of {settings.budget_s:g} s reached"
-                    break
+        while (size := plan.next_size(time.perf_counter() - started, int(warm_up))) is not None:
             engine.spec = original.model_copy(update={"max_batch_size": size})
             try:
-                throughput[size] = _rate(engine, prepared[:size], window, warm_up)
+                plan.record(size, _rate(engine, prepared[:size], sample_s,
+                                        warm_up and size not in plan.samples))
             except _OutOfMemory as exc:
-                stopped = f"batch {size} ran out of memory ({exc})"
-                break
+                plan.stopped = f"batch {size} ran out of memory ({exc})"
+                plan.sizes = [s for s in plan.sizes if s < size]
+                if not plan.samples:
+                    break
     finally:
         engine.spec = original
         if features is not None:
             engine.image_features = features
-    if not throughput:
-        raise RaysightError(f"max_batch_size auto: the sweep could not run one batch: {stopped}")
-    size = pick_size(throughput, settings.tolerance)
-    if stopped.startswith("budget") and size == max(throughput):
+    if not plan.samples:
+        raise RaysightError(f"max_batch_size auto: the sweep could not run one batch: "
+                            f"{plan.stopped}")
+    size = plan.pick()
+    if plan.stopped.startswith("budget") and plan.still_growing():
         # Still growing when the budget ran out: a bigger size may well be faster.
         logger.warning("max_batch_size auto: the %g s budget ran out at batch %d while the "
                        "throughput still grew; raise auto_batch.budget_s or set "
-                       "max_batch_size for this device", settings.budget_s, max(throughput))
+                       "max_batch_size for this device", settings.budget_s, size)
     return BatchChoice(size=size, from_cache=False, device=device_name(engine.device),
-                       throughput={s: round(r, 2) for s, r in throughput.items()},
-                       seconds=round(time.perf_counter() - started, 2), stopped=stopped)
+                       throughput={s: round(r, 2) for s, r in plan.rates().items()},
+                       samples={s: len(v) for s, v in sorted(plan.samples.items())},
+                       seconds=round(time.perf_counter() - started, 2), stopped=plan.stopped)
 
 
 class _OutOfMemory(Exception):

@@ -60,7 +60,12 @@ def test_auto_sweeps_once_then_reads_the_cache(auto_spec):
     choice = first.batch_choice
     assert not choice.from_cache and choice.throughput and 1 in choice.throughput
     assert set(choice.throughput) <= {1, 2, 4}
-    assert first.spec.max_batch_size == choice.size == pick_size(choice.throughput, 0.03)
+    assert first.spec.max_batch_size == choice.size
+    # The pick is within the tolerance of the best median (narrowed by the noise, so not
+    # always the smallest such size); every median is of at least one sample.
+    assert choice.size in choice.throughput
+    assert choice.throughput[choice.size] >= 0.97 * max(choice.throughput.values())
+    assert set(choice.samples) == set(choice.throughput) and min(choice.samples.values()) >= 1
     cached = json.loads(open(auto_spec.auto_batch.cache_file, encoding="utf-8").read())
     (key, entry), = cached.items()
     assert entry["size"] == choice.size and json.loads(key)["task"] == "embed"
