@@ -44,12 +44,13 @@ def batch_sweep(folder: str, settings: BenchSettings, log: Callable[[str], None]
     rows.append(row(SCENARIO, variant, "best_batch", best))
     auto_vs_best = round(medians[auto.size] / fastest, 3)
     rows += [row(SCENARIO, variant, "auto_pick", auto.size, sweep_s=auto.seconds,
-                 sweep_throughput=auto.as_dict()["throughput"], stopped=auto.stopped),
+                 sweep_throughput=auto.as_dict()["throughput"],
+                 sweep_samples=auto.as_dict()["samples"], stopped=auto.stopped),
              row(SCENARIO, variant, "auto_vs_best", auto_vs_best)]
     log(f"  {variant}: " + ", ".join(f"batch {size}: {medians[size]:.1f} img/s"
                                      for size in medians) + f" -> best {best}")
-    log(f"  {variant}: auto picked {auto.size} in a {auto.seconds:.1f} s sweep; its "
-        f"throughput is {auto_vs_best:.3f} x the best size's here")
+    log(f"  {variant}: auto picked {auto.size} in a {auto.seconds:.1f} s sweep ({auto.describe()}); "
+        f"its throughput is {auto_vs_best:.3f} x the best size's here")
     return rows, best
 
 
