@@ -9,7 +9,8 @@ within a few percent of each other, and one call of a busy machine's batch varie
 sample per size then decides the pick by noise, and a lucky small size wins. So the sweep
 
 1. climbs 1, 2, 4, ... once each while each size is the fastest yet - or the budget ends;
-2. spends what is left of the budget on the contenders (sizes within `band` of the best),
+2. spends what is left of the budget on the contenders (sizes within `band` of the best, and
+   the size that ended the climb until a second sample confirms it),
    the one with the fewest samples first, sizes taken in turn, up to `max_samples` each;
    when the medians say the largest size measured is the fastest, the climb goes on;
 3. picks on each size's median sample: the smallest within `tolerance` of the best, the
@@ -111,8 +112,11 @@ class SweepPlan:
         above = [s for s in self.sizes if s > largest]
         smaller = [rate for size, rate in rates.items() if size < largest]
         top = max(rates.values())
-        contenders = [s for s, r in rates.items()
-                      if r >= (1 - self.band) * top and len(self.samples[s]) < self.max_samples]
+        # The size that ended the climb is a contender until a second sample confirms it:
+        # one disturbed call must not end the climb and rule the size out at once.
+        contenders = [s for s, r in rates.items() if len(self.samples[s]) < self.max_samples
+                      and (r >= (1 - self.band) * top
+                           or (s == largest and len(self.samples[s]) < 2))]
         # Fewest samples first; among equals, sizes in turn from the smallest.
         wanted = sorted(contenders, key=lambda s: (len(self.samples[s]), s))
         if above and (not smaller or rates[largest] > max(smaller)):

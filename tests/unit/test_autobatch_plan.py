@@ -82,3 +82,15 @@ def test_a_sample_that_would_not_fit_is_not_started_but_the_first_always_runs():
     plan.record(1, 10.0)  # a sample of 2 would take 0.2 s
     assert plan.next_size(0.1) is None and plan.stopped == "budget of 0.001 s reached"
     assert plan.pick() == 1
+
+
+def test_one_disturbed_sample_does_not_end_the_climb_for_good():
+    # 16's first call was slowed by something else on the machine (13.4, far below 8's 16.0).
+    disturbed = {1: [9.2], 2: [12.1], 4: [15.4], 8: [16.0, 16.2, 15.8], 16: [13.4, 17.9, 18.1],
+                 32: [17.6], 64: [15.9]}
+    plan, order, spent = run_sweep(disturbed, budget_s=8.0)
+    assert order[:5] == [1, 2, 4, 8, 16]  # 16 was slower than 8: the climb paused there
+    # Sampled again although 13.4 is outside the contenders' band; its median then beat
+    # 8's, so the climb went on to 32 (slower: the pick stays 16).
+    assert len(plan.samples[16]) >= 3 and 32 in plan.samples
+    assert plan.pick() == 16 and spent <= 8.0
