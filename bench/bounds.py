@@ -98,6 +98,12 @@ def _descendants(parents: dict[int, int], root: int) -> set[int]:
     return found
 
 
+def process_groups() -> dict[int, str]:
+    """pid -> process group (as the split names them) of every process of this run now."""
+    me = os.getpid()
+    return {pid: _process_group(command, me, pid) for pid, (command, _) in _cpu_seconds().items()}
+
+
 def _cpu_seconds() -> dict[int, tuple[str, float]]:
     """pid -> (command line, user+system CPU seconds) of every process of this run: this
     process and those below it (on a shared machine other users' Ray processes look alike,

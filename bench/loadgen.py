@@ -31,6 +31,8 @@ class Load:
     max_requests: int
     max_tokens: int = 16  # chat only
     image_size: int = 224
+    # Processes whose CPU seconds are read as the windows open and close (see `_measure`).
+    cpu_pids: tuple[int, ...] = ()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -117,6 +119,11 @@ async def _measure(load: Load) -> dict:
     up and one more request is sent and answered, so the server is idle when the next
     measurement starts (see `_settle`).
 
+    The CPU seconds of ``cpu_pids`` are read when the windows open and when they close, so the
+    cores those processes use in steady state come with the figures (``steady_cpu``): a
+    split over the whole measurement would also count the warm-up, the requests cancelled
+    at the hang-up and the settling wait, none of which are in the throughput.
+
     Each window's figures come from a snapshot at its end of every client's latest answer to
     a request sent after the warm-up (the first window lasts until there is one per client):
     throughput is Little's law over them (clients / mean latency), exact for a closed loop in
@@ -176,6 +183,7 @@ async def _measure(load: Load) -> dict:
         tasks = [asyncio.create_task(client(i, http)) for i in range(load.clients)]
         await wait(lambda: len(answered) == load.clients, 120)
         steady_from = time.perf_counter()
+        cpu_before = cpu_seconds_of(load.cpu_pids)
         warmup_s = steady_from - started
         for window in range(load.windows):
             windows.append([])
@@ -187,6 +195,7 @@ async def _measure(load: Load) -> dict:
             snapshots.append(list(latest.values()))
         stop = True
         measured_s = time.perf_counter() - steady_from
+        cpu_after = cpu_seconds_of(load.cpu_pids)
         # Hang up rather than wait for the answers in flight: a server that drops what its
         # caller gave up on (raysight does) stops at once, one that does not (Flask's pool)
         # works them off either way, before the probe below is answered.
@@ -196,8 +205,26 @@ async def _measure(load: Load) -> dict:
     settle_s = await _settle(load, bodies)
     return {"statuses": {str(k): v for k, v in statuses.items()}, "warmup_s": warmup_s,
             "measured_s": measured_s, "settle_s": settle_s,
+            "steady_cpu": {str(pid): cpu_after[pid] - cpu_before[pid]
+                           for pid in cpu_after if pid in cpu_before},
             "windows": [dict(_figures(load.clients, snapshot), ok=len(answers))
                         for snapshot, answers in zip(snapshots, windows)]}
+
+
+def cpu_seconds_of(pids) -> dict[int, float]:
+    """pid -> user+system CPU seconds of each of `pids` still running (from /proc)."""
+    import os
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    found: dict[int, float] = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:  # ended, or no /proc
+            continue
+        found[int(pid)] = (int(fields[11]) + int(fields[12])) / ticks
+    return found
 
 
 async def _settle(load: Load, bodies: _Bodies) -> float:

@@ -10,10 +10,11 @@ warm-up and a final wait per repeat would cost minutes at 32 clients of a slow s
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Callable
 
-from bench.bounds import SERVE_OVERHEAD_GROUPS, cpu_split, generation_split
+from bench.bounds import SERVE_OVERHEAD_GROUPS, cpu_split, generation_split, process_groups
 from bench.inprocess import EngineRunner, Measured
 from bench.loadgen import Load, LoadGenerator
 from bench.report import find, median_row, row
@@ -24,17 +25,19 @@ Measure = Callable[[int, float], dict]  # (clients, seconds) -> figures
 
 
 def _http(loadgen: LoadGenerator, url: str, path: str, model: str,
-          settings: BenchSettings, answered: list[int] | None = None) -> Measure:
-    """A closed-loop HTTP measure; each run's count of answers is appended to `answered`."""
-    def measure(clients: int, seconds: float) -> list[dict]:
+          settings: BenchSettings, results: list[dict] | None = None) -> Measure:
+    """A closed-loop HTTP measure; each run's whole result (bench/loadgen.py) is appended to
+    `results`. `cpu_pids`: processes whose steady-state CPU the load generator reads."""
+    def measure(clients: int, seconds: float, cpu_pids: tuple[int, ...] = ()) -> list[dict]:
         load = Load(url=url, path=path, model=model, clients=clients, seconds=seconds,
                     windows=settings.repeats, max_tokens=settings.new_tokens,
-                    max_requests=40 * clients + int(settings.repeats * seconds * 500))
+                    max_requests=40 * clients + int(settings.repeats * seconds * 500),
+                    cpu_pids=tuple(cpu_pids))
         result = loadgen.run(load)
         if set(result["statuses"]) != {"200"}:
             raise RuntimeError(f"{url}{path} ({model}) answered {result['statuses']}")
-        if answered is not None:
-            answered.append(result["statuses"]["200"])
+        if results is not None:
+            results.append(result)
         return result["windows"]
 
     return measure
@@ -95,8 +98,8 @@ def online_embeddings(folder: str, max_batch_size: int, settings: BenchSettings,
             raysight_server(folder, "clip", max_batch_size, settings.max_clients) as serve_url:
         flask_url = flask.ready()  # it loaded its model while Serve started
         reference_url = reference.ready()
-        answered: list[int] = []
-        raysight = _http(loadgen, serve_url, path, "clip", settings, answered)
+        results: list[dict] = []
+        raysight = _http(loadgen, serve_url, path, "clip", settings, results)
         # At the target's 32 clients, also see where the cores go while raysight serves,
         # and what each request costs outside the model's replica.
         split_at = 32 if 32 in settings.embed_clients else max(settings.embed_clients)
@@ -108,19 +111,24 @@ def online_embeddings(folder: str, max_batch_size: int, settings: BenchSettings,
             # First, what the same processes burn with no request at all (Serve's control
             # loop, metrics, Ray's heartbeats): per request it shrinks as throughput grows.
             idle, _ = cpu_split(lambda: time.sleep(2 * settings.embed_window_s))
+            groups = process_groups()
             began = time.perf_counter()
-            rows, figures = cpu_split(lambda: raysight(clients, seconds), clients=clients)
-            outside = _cpu_outside_replica(rows, time.perf_counter() - began, answered[-1],
-                                           clients)
+            rows, figures = cpu_split(lambda: raysight(clients, seconds, tuple(groups)),
+                                      clients=clients)
+            result = results[-1]
+            steady = _cpu_outside_replica_steady(result, groups, figures, clients)
+            whole = _cpu_outside_replica(rows, time.perf_counter() - began,
+                                         result["statuses"]["200"], clients)
             idle_cores = round(_overhead_cores(idle), 4)
             split.extend(rows)
-            split.append(outside)
+            split += [steady, whole]
             split.append(row("online_embeddings", "raysight", "idle_cores_outside_replica",
                              idle_cores, clients=clients))
             log("  cores while raysight serves: " + ", ".join(
                 f"{r['variant']} {r['value']:.2f}" for r in rows))
-            log(f"  CPU per request outside the model replica: {outside['value']:.1f} ms "
-                f"(those processes burn {idle_cores:.2f} cores with no request at all)")
+            log(f"  CPU per request outside the model replica: {steady['value']:.1f} ms in "
+                f"steady state ({whole['value']:.1f} ms over the whole measurement; those "
+                f"processes burn {idle_cores:.2f} cores with no request at all)")
             return figures
 
         variants = {
@@ -136,13 +144,30 @@ def online_embeddings(folder: str, max_batch_size: int, settings: BenchSettings,
         return rows + split + _latency_over_ceiling(rows, min(settings.embed_clients))
 
 
-def _cpu_outside_replica(split: list[dict], wall_s: float, requests: int,
-                         clients: int) -> dict:
+def _cpu_outside_replica_steady(result: dict, groups: dict[int, str], windows: list[dict],
+                                clients: int) -> dict:
     """CPU-ms per request of this run's Serve and Ray processes other than the model's
     replica (proxy, ingress if any, controller, GCS, raylet, dashboard agent, Ray's other
-    helpers), from the cores they used over `wall_s` while `requests` were answered."""
-    cores = _overhead_cores(split)
+    helpers) in steady state: the cores they used while the windows were measured (read by
+    the load generator as the windows opened and closed) over the requests/s the windows
+    measured (their median, the throughput figure itself)."""
+    seconds = result["measured_s"]
+    cores = sum(used for pid, used in result["steady_cpu"].items()
+                if groups.get(int(pid)) in SERVE_OVERHEAD_GROUPS) / seconds
+    per_s = statistics.median(w["requests_per_s"] for w in windows)
     return row("online_embeddings", "raysight", "cpu_ms_outside_replica",
+               round(1000 * cores / per_s, 2), unit="ms", clients=clients,
+               cores=round(cores, 4), requests_per_s=round(per_s, 2),
+               seconds=round(seconds, 2))
+
+
+def _cpu_outside_replica(split: list[dict], wall_s: float, requests: int,
+                         clients: int) -> dict:
+    """The same processes' CPU-ms per answered request over the whole measurement: the
+    cores they used over `wall_s` (warm-up, windows, the hang-up's cancelled requests and
+    the settling request, which the answers do not count) while `requests` were answered."""
+    cores = _overhead_cores(split)
+    return row("online_embeddings", "raysight", "cpu_ms_outside_replica_whole_run",
                round(1000 * cores * wall_s / max(requests, 1), 2), unit="ms",
                clients=clients, requests=requests)
 

@@ -47,10 +47,15 @@ def test_quick_bench_writes_json_and_plots(tmp_path):
         assert (variant, "throughput") in online and (variant, "p99_ms") in online
     # What each request cost outside the model's replica, and the 1-client latency over
     # the in-process request's.
+    # (in steady state, over the windows' throughput, and over the whole measurement).
     extra = {r["metric"]: r for r in payload["rows"] if r["scenario"] == "online_embeddings"
-             and r["metric"] in ("cpu_ms_outside_replica", "p50_over_ceiling_ms")}
-    assert extra["cpu_ms_outside_replica"]["value"] > 0
-    assert extra["cpu_ms_outside_replica"]["requests"] > 0
+             and r["metric"] in ("cpu_ms_outside_replica", "cpu_ms_outside_replica_whole_run",
+                                 "p50_over_ceiling_ms")}
+    steady = extra["cpu_ms_outside_replica"]
+    assert steady["value"] > 0 and steady["cores"] > 0 and steady["requests_per_s"] > 0
+    assert steady["value"] == pytest.approx(1000 * steady["cores"] / steady["requests_per_s"],
+                                            rel=0.02)
+    assert extra["cpu_ms_outside_replica_whole_run"]["requests"] > 0
     assert extra["p50_over_ceiling_ms"]["clients"] == 1
     served = [r["value"] for r in payload["rows"] if r["scenario"] == "online_embeddings"
               and r["metric"] == "throughput" and r["variant"] == "raysight"]

@@ -1,0 +1,51 @@
+"""The bench's CPU per request outside the model replica is read over the steady-state windows
+only (bench/loadgen.py reads the processes' CPU as the windows open and close;
+bench/online.py divides the overhead processes' cores by the windows' throughput)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bench.loadgen import cpu_seconds_of
+from bench.online import _cpu_outside_replica_steady
+
+BURN = "import time\nend = time.process_time() + float(__import__('sys').argv[1])\n" \
+       "while time.process_time() < end: pass\ntime.sleep(600)"
+
+
+@pytest.mark.timeout(30)
+def test_cpu_seconds_of_reads_each_process_and_skips_those_gone():
+    burner = subprocess.Popen([sys.executable, "-c", BURN, "0.4"])
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    try:
+        time.sleep(0.3)  # both started (an interpreter's start costs CPU of its own)
+        before = cpu_seconds_of((burner.pid, sleeper.pid, gone.pid))
+        time.sleep(1.5)  # the burner spends its 0.4 s of CPU meanwhile, even on a busy machine
+        after = cpu_seconds_of((burner.pid, sleeper.pid, gone.pid))
+    finally:
+        burner.kill()
+        sleeper.kill()
+    assert set(before) == set(after) == {burner.pid, sleeper.pid}
+    assert after[burner.pid] - before[burner.pid] >= 0.2
+    assert after[sleeper.pid] - before[sleeper.pid] < 0.05
+
+
+def test_steady_cpu_per_request_counts_only_the_processes_outside_the_replica():
+    groups = {11: "serve proxy", 12: "ray gcs", 13: "model replica", 14: "load generator",
+              15: "serve controller"}
+    result = {"measured_s": 4.0,
+              "steady_cpu": {"11": 0.3, "12": 0.06, "13": 7.2, "14": 0.2, "15": 0.04,
+                             "99": 5.0}}  # 99: not a process of this run
+    windows = [{"requests_per_s": 14.0}, {"requests_per_s": 16.0}, {"requests_per_s": 17.0}]
+    got = _cpu_outside_replica_steady(result, groups, windows, clients=32)
+    # (0.3 + 0.06 + 0.04) CPU-s over 4 s = 0.1 cores, at the windows' median 16 requests/s.
+    assert got["metric"] == "cpu_ms_outside_replica" and got["clients"] == 32
+    assert got["cores"] == pytest.approx(0.1)
+    assert got["requests_per_s"] == 16.0
+    assert got["value"] == pytest.approx(6.25)
