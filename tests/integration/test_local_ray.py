@@ -85,6 +85,23 @@ def test_the_session_ray_listens_on_loopback_only_with_auth_and_workers_at_our_p
     assert os.environ.get("RAY_AUTH_MODE") == "token" and os.environ.get("RAY_AUTH_TOKEN")
 
 
+def test_the_private_rays_processes_get_its_quieter_idle_settings(ray_session):
+    """Ray's and Serve's processes inherit the quieter idle settings (raysight/local_ray.py),
+    each unless the user's environment chose it; this process keeps its own environment."""
+    import ray
+
+    from raysight.local_ray import QUIET_ENV
+
+    @ray.remote
+    def worker_env() -> dict:
+        return {name: os.environ.get(name) for name in QUIET_ENV}
+
+    expected = {name: os.environ.get(name, value) for name, value in QUIET_ENV.items()}
+    assert ray.get(worker_env.remote()) == expected
+    assert expected["RAY_SERVE_METRICS_EXPORT_INTERVAL_MS"] is not None
+    assert all(os.environ.get(name) in (None, expected[name]) for name in QUIET_ENV)
+
+
 def test_a_killed_job_driver_takes_its_private_ray_with_it(ray_session, tiny_models, tmp_path):
     from batch_jobs import run_caption
 
