@@ -20,9 +20,13 @@ read position per reader instead of one shared queue:
   body from the start, the old reader's late calls take nothing from it.
 
 An untagged call (a replica without the mark: another application on the same Serve) goes
-to Serve's own path unchanged. The log lives as long as the request's queue (the proxy drops
-both when the request ends), so a body is held twice only while its request is in flight.
-Both halves patch Serve internals of the pinned Ray 2.60 (``HTTPProxy.receive_asgi_messages``,
+to Serve's own path unchanged. The log is needed only until the response starts: Serve's router
+re-sends a request only before the replica has accepted it, and a replica answers after it has
+accepted. So when the response's ``http.response.start`` passes the proxy, the messages every
+reader has had are dropped from the log (a chat streaming for minutes does not keep its
+multi-MB image in the proxy meanwhile); the log itself goes with the request's queue when the
+request ends. Both halves patch Serve internals of the pinned Ray 2.60
+(``HTTPProxy.receive_asgi_messages`` and ``send_request_to_replica``,
 ``ASGIReceiveProxy.__init__``, ``MessageQueue``); each is idempotent. Imports nothing heavy.
 """
 
@@ -56,22 +60,50 @@ def mark_readers() -> None:
 
 
 class _RequestLog:
-    """The messages of one request taken from its queue so far, and where each reader is."""
+    """The messages of one request taken from its queue so far, and where each reader is.
+    Positions count from the request's first message; `dropped` messages are gone (read by
+    every reader once the response started)."""
 
-    __slots__ = ("messages", "positions")
+    __slots__ = ("messages", "positions", "dropped")
 
     def __init__(self):
         self.messages: list = []
         self.positions: dict[str, int] = {}
+        self.dropped = 0
 
     def unread(self, reader: str) -> list:
-        if reader not in self.positions and self.positions and self.messages:
+        if reader not in self.positions and self.positions and (self.messages or self.dropped):
             logger.warning("a second replica reads a request's messages (Serve re-sent it, "
                            "most likely from a lost replica): replaying %d from the start",
                            len(self.messages))
         start = self.positions.get(reader, 0)
-        self.positions[reader] = len(self.messages)
-        return self.messages[start:]
+        if start < self.dropped:  # Serve re-sends only before the response starts
+            logger.warning("a replica reads a request whose response has started: %d "
+                           "messages of it are gone", self.dropped - start)
+            start = self.dropped
+        self.positions[reader] = self.dropped + len(self.messages)
+        return self.messages[start - self.dropped:]
+
+    def drop_read(self) -> None:
+        """Forget the messages every reader has had (the response has started)."""
+        read = min(self.positions.values(), default=self.dropped)
+        del self.messages[:read - self.dropped]
+        self.dropped = read
+
+
+async def drop_bodies_once_answered(proxy, internal_request_id: str, messages):
+    """Pass on a request's response `messages` (Serve's proxy generator); at the response's
+    start, drop what its readers have had from the request's log (the module docstring)."""
+    try:
+        async for message in messages:
+            if isinstance(message, dict) and message.get("type") == "http.response.start":
+                queue = proxy.asgi_receive_queues.get(internal_request_id)
+                log = getattr(queue, "_raysight_log", None)
+                if log is not None:
+                    log.drop_read()
+            yield message
+    finally:
+        await messages.aclose()
 
 
 def replay_bodies() -> None:
@@ -104,3 +136,10 @@ def replay_bodies() -> None:
 
     receive_asgi_messages._raysight_replayed = True
     HTTPProxy.receive_asgi_messages = receive_asgi_messages
+    send = HTTPProxy.send_request_to_replica
+
+    def send_request_to_replica(self, request_id, internal_request_id, *args, **kwargs):
+        return drop_bodies_once_answered(
+            self, internal_request_id, send(self, request_id, internal_request_id, *args, **kwargs))
+
+    HTTPProxy.send_request_to_replica = send_request_to_replica

@@ -9,7 +9,7 @@ import asyncio
 import pickle
 from types import SimpleNamespace
 
-from serve_app.body_replay import mark_readers, replay_bodies
+from serve_app.body_replay import drop_bodies_once_answered, mark_readers, replay_bodies
 
 BODY = [{"type": "http.request", "body": b'{"input": ', "more_body": True},
         {"type": "http.request", "body": b'["x"]}', "more_body": False}]
@@ -105,7 +105,114 @@ def test_marking_and_replaying_twice_patch_once():
 
     replay_bodies()
     mark_readers()
-    receive, init = HTTPProxy.receive_asgi_messages, ASGIReceiveProxy.__init__
+    patched = (HTTPProxy.receive_asgi_messages, HTTPProxy.send_request_to_replica,
+               ASGIReceiveProxy.__init__)
     replay_bodies()
     mark_readers()
-    assert HTTPProxy.receive_asgi_messages is receive and ASGIReceiveProxy.__init__ is init
+    assert (HTTPProxy.receive_asgi_messages, HTTPProxy.send_request_to_replica,
+            ASGIReceiveProxy.__init__) == patched
+
+
+START = {"type": "http.response.start", "status": 200, "headers": []}
+ANSWER = {"type": "http.response.body", "body": b"{}", "more_body": False}
+
+
+def test_the_body_is_dropped_once_the_response_starts_and_the_disconnect_still_arrives():
+    from ray.serve._private.http_util import ASGIReceiveProxy
+
+    closed = []
+
+    async def response():  # what Serve's send_request_to_replica yields: messages, a status
+        try:
+            yield [START]  # not a message: Serve's batches go through untouched
+            yield START
+            yield ANSWER
+            yield "200"
+        finally:
+            closed.append(True)
+
+    async def scenario():
+        queue, metadata, call = _proxy_and_request()
+        proxy = SimpleNamespace(asgi_receive_queues={"internal-1": queue})
+        for message in BODY:
+            queue.put_nowait(message)
+        reader = ASGIReceiveProxy({"type": "http"}, metadata, call)
+        fetch = asyncio.ensure_future(reader.fetch_until_disconnect())
+        assert await asyncio.wait_for(_read_body(reader), 5) == b'{"input": ["x"]}'
+        log = queue._raysight_log
+        assert log.messages == BODY  # kept for a re-send until the response starts
+        passed = []
+        async for message in drop_bodies_once_answered(proxy, "internal-1", response()):
+            passed.append(message)
+            if message is START:
+                assert log.messages == [] and log.dropped == 2
+        assert passed == [[START], START, ANSWER, "200"] and closed == [True]
+        queue.put_nowait(DISCONNECT)  # the reader still hears the client leave
+        queue.close()
+        await asyncio.wait_for(fetch, 5)
+        assert await reader() == DISCONNECT
+        # A reader arriving after the start (Serve does not re-send then) gets no body.
+        late = ASGIReceiveProxy({"type": "http"}, metadata, call)
+        await asyncio.wait_for(late.fetch_until_disconnect(), 5)
+        assert await late() == DISCONNECT
+
+    asyncio.run(scenario())
+
+
+def test_only_what_every_reader_has_had_is_dropped():
+    from serve_app.body_replay import READER_ATTR
+
+    async def scenario():
+        queue, metadata, call = _proxy_and_request()
+        proxy = SimpleNamespace(asgi_receive_queues={"internal-1": queue})
+        setattr(metadata, READER_ATTR, "reader-1")  # as a marked ASGIReceiveProxy sends it
+        queue.put_nowait(BODY[0])
+        assert pickle.loads(await call(metadata)) == [BODY[0]]
+        queue.put_nowait(BODY[1])
+        pickle.loads(await call(metadata))  # the log holds both, the reader has both
+        queue.put_nowait(DISCONNECT)  # in the queue, not yet read by the reader
+
+        async def response():
+            yield START
+
+        async for _ in drop_bodies_once_answered(proxy, "internal-1", response()):
+            pass
+        log = queue._raysight_log
+        assert log.dropped == 2 and log.messages == []
+        queue.close()
+        assert pickle.loads(await call(metadata)) == [DISCONNECT]
+        # Kept: a message the reader has not had yet when the response starts.
+        queue2, metadata2, call2 = _proxy_and_request()
+        proxy.asgi_receive_queues["internal-1"] = queue2
+        setattr(metadata2, READER_ATTR, "reader-2")
+        queue2.put_nowait(BODY[0])
+        assert pickle.loads(await call2(metadata2)) == [BODY[0]]
+        queue2.put_nowait(BODY[1])
+        queue2._raysight_log.messages.extend(queue2.get_messages_nowait())  # logged, unread
+        async for _ in drop_bodies_once_answered(proxy, "internal-1", response()):
+            pass
+        assert queue2._raysight_log.dropped == 1 and queue2._raysight_log.messages == [BODY[1]]
+        queue2.close()
+        assert pickle.loads(await call2(metadata2)) == [BODY[1]]
+
+    asyncio.run(scenario())
+
+
+def test_closing_early_closes_serves_generator():
+    closed = []
+
+    async def response():
+        try:
+            yield START
+            yield ANSWER
+        finally:
+            closed.append(True)
+
+    async def scenario():
+        proxy = SimpleNamespace(asgi_receive_queues={})  # the request had no body log
+        messages = drop_bodies_once_answered(proxy, "internal-1", response())
+        assert await messages.__anext__() is START
+        await messages.aclose()  # the client went away: the proxy stops reading
+
+    asyncio.run(scenario())
+    assert closed == [True]
