@@ -121,7 +121,7 @@ def online_embeddings(folder: str, max_batch_size: int, settings: BenchSettings,
                                          result["statuses"]["200"], clients)
             idle_cores = round(_overhead_cores(idle), 4)
             split.extend(rows)
-            split += [steady, whole]
+            split.extend([steady, whole])
             split.append(row("online_embeddings", "raysight", "idle_cores_outside_replica",
                              idle_cores, clients=clients))
             log("  cores while raysight serves: " + ", ".join(
