@@ -13,20 +13,23 @@ import pytest
 from bench.loadgen import cpu_seconds_of
 from bench.online import _cpu_outside_replica_steady
 
-BURN = "import time\nend = time.process_time() + float(__import__('sys').argv[1])\n" \
+# Burns `argv[1]` CPU seconds once a line comes on stdin, then sleeps.
+BURN = "import sys, time\nsys.stdin.readline()\nend = time.process_time() + float(sys.argv[1])\n" \
        "while time.process_time() < end: pass\ntime.sleep(600)"
 
 
 @pytest.mark.timeout(30)
 def test_cpu_seconds_of_reads_each_process_and_skips_those_gone():
-    burner = subprocess.Popen([sys.executable, "-c", BURN, "0.4"])
+    burner = subprocess.Popen([sys.executable, "-c", BURN, "0.4"], stdin=subprocess.PIPE)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     try:
-        time.sleep(0.3)  # both started (an interpreter's start costs CPU of its own)
+        time.sleep(1.0)  # both started (an interpreter's start costs CPU of its own)
         before = cpu_seconds_of((burner.pid, sleeper.pid, gone.pid))
-        time.sleep(1.5)  # the burner spends its 0.4 s of CPU meanwhile, even on a busy machine
+        burner.stdin.write(b"go\n")
+        burner.stdin.flush()
+        time.sleep(2.0)  # the burner spends its 0.4 s of CPU meanwhile, even on a busy machine
         after = cpu_seconds_of((burner.pid, sleeper.pid, gone.pid))
     finally:
         burner.kill()
