@@ -90,18 +90,29 @@ def test_requests_in_flight_at_a_replica_kill_are_answered_200_or_json_503(serve
         return (began, time.monotonic(), reply.status_code, reply.headers.get("content-type"),
                 reply.text)
 
-    def client(body):  # closed loop until the replica is killed: always one in flight
+    answered: set[int] = set()  # the clients that have had an answer
+
+    def client(number):  # closed loop until the replica is killed: always one in flight
         while not stop.is_set():
-            answers.append(send(body))
+            answers.append(send(bodies[number]))
+            answered.add(number)
 
     [replica] = [actor for actor in ray.util.list_named_actors(all_namespaces=True)
                  if APP in actor["name"] and "model-shapes-clip" in actor["name"]]
     with futures.ThreadPoolExecutor(len(bodies)) as pool:
-        running = [pool.submit(client, body) for body in bodies]
-        time.sleep(1.0)
-        killed = time.monotonic()
-        ray.kill(ray.get_actor(replica["name"], namespace=replica["namespace"]), no_restart=True)
-        stop.set()
+        running = [pool.submit(client, number) for number in range(len(bodies))]
+        # Kill once every client's loop runs (each has had an answer, so each has its next
+        # request in flight), not after a fixed pause: a busy machine starts 16 threads late.
+        try:
+            deadline = time.monotonic() + LOST_TIMEOUT_S
+            while len(answered) < len(bodies):
+                assert time.monotonic() < deadline, f"{len(answered)} of {len(bodies)} answered"
+                time.sleep(0.05)
+            killed = time.monotonic()
+            ray.kill(ray.get_actor(replica["name"], namespace=replica["namespace"]),
+                     no_restart=True)
+        finally:
+            stop.set()
         for done in running:
             done.result()
     statuses = [status for _, _, status, _, _ in answers]
