@@ -87,6 +87,8 @@ def test_requests_in_flight_at_a_replica_kill_are_answered_200_or_json_503(serve
             reply = httpx.post(served + "/v1/embeddings", json=body, timeout=LOST_TIMEOUT_S)
         except httpx.TimeoutException:
             return began, time.monotonic(), "no answer", None, ""
+        except httpx.HTTPError as exc:  # e.g. closed without an answer: fails below, listed
+            return began, time.monotonic(), type(exc).__name__, None, str(exc)
         return (began, time.monotonic(), reply.status_code, reply.headers.get("content-type"),
                 reply.text)
 
