@@ -256,6 +256,9 @@ def test_a_corrupt_file_shows_the_servers_message(page, drawn, timings):
     text_file = next(p for p in drawn if Path(p).name == "corrupt_00001.png")  # not an image
     page.goto(page.url.split("#")[0] + "#classify")
     page.set_input_files("#classify-file", text_file)
+    # The picker reads the file asynchronously: sent before it has, the page would say
+    # "pick an image first" (also an error state) instead of the server's message.
+    page.wait_for_selector("#classify-picker .hint:has-text('corrupt_00001.png')")
     assert act(page, "classify", "#classify-send", timings, "classify_not_an_image") == "error"
     assert "not an image" in page.text_content("#classify-error")
     screenshot(page, "classify-0-not-an-image")

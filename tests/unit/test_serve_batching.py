@@ -172,30 +172,49 @@ def test_refill_waits_for_returning_clients_still_being_prepared():
     one batch of 8 instead of splitting into cohorts."""
     import time
 
+    ended = [time.monotonic()]  # when the model last finished a batch
+
     def model(items):
         time.sleep(0.3)
+        ended[0] = time.monotonic()
         return list(items)
 
     async def scenario():
         sizes: list[int] = []
-        batcher = DrainBatcher(model, max_batch_size=8,
-                               on_batch=lambda size, waits: sizes.append(size))
+        late: list[bool] = []  # per batch: its last request came after the refill window
+        submitted: list[float] = []
+        batcher = DrainBatcher(model, max_batch_size=8)
+
+        def on_batch(size, waits):
+            sizes.append(size)
+            late.append(max(submitted) > batcher._refill_until)
+
+        batcher.on_batch = on_batch
         preparing = asyncio.Lock()
+        ready_at = [0.0]
 
         async def client(number: int) -> None:
             for _ in range(6):
                 with batcher.incoming():
                     async with preparing:  # one decoder: preparations queue up
-                        await asyncio.sleep(0.006)
+                        # Each is ready 6 ms after the one before it (the first 6 ms after
+                        # the batch ended), on a schedule rather than after a 6 ms sleep
+                        # each: on a busy machine every sleep overruns, and eight overruns
+                        # in a row would outlast the prepare wait.
+                        ready_at[0] = max(ready_at[0], ended[0]) + 0.006
+                        await asyncio.sleep(ready_at[0] - time.monotonic())
+                submitted.append(time.monotonic())
                 await batcher.submit(number)
 
         await asyncio.gather(*(client(n) for n in range(8)))
-        return sizes
+        return sizes, late
 
-    sizes = run(scenario())
+    sizes, late = run(scenario())
     # The first request runs alone (nobody was ready); then client 0 is one request ahead,
     # so the last batch holds the other 7. Without the wait: 1, 8, 5, 3, ... (cohorts).
     assert sizes == [1, 8, 8, 8, 8, 8, 7], sizes
+    # The premise: batches were completed by that wait, not within the refill window.
+    assert any(late[1:]), late
 
 
 def test_refill_stops_waiting_for_an_open_loop():
@@ -234,11 +253,17 @@ def _prepared_then_submitted(refill_fraction: float, prepare_s: float) -> list[i
     last finishing its preparation `prepare_s` after the model is free."""
     import time
 
-    def model(items):
-        time.sleep(0.1)
-        return list(items)
-
     async def scenario():
+        loop = asyncio.get_running_loop()
+        freed = asyncio.Event()
+        ended: list[float] = []
+
+        def model(items):
+            time.sleep(0.1)
+            ended.append(time.monotonic())
+            loop.call_soon_threadsafe(freed.set)
+            return list(items)
+
         sizes: list[int] = []
         batcher = DrainBatcher(model, max_batch_size=8, refill_fraction=refill_fraction,
                                on_batch=lambda size, waits: sizes.append(size))
@@ -248,10 +273,18 @@ def _prepared_then_submitted(refill_fraction: float, prepare_s: float) -> list[i
                 await asyncio.sleep(ready_after_s)  # being prepared
             await batcher.submit(number)
 
+        async def last_request() -> None:
+            with batcher.incoming():
+                # Ready `prepare_s` after the model's end, counted from that end (not from
+                # the start, which would put a busy machine's delays on top).
+                await freed.wait()
+                await asyncio.sleep(ended[0] + prepare_s - time.monotonic())
+            await batcher.submit(3)
+
         first = asyncio.ensure_future(batcher.submit("first"))
         await asyncio.sleep(0.01)
         await asyncio.gather(first, *(request(n, 0.05 + n * 0.01) for n in range(3)),
-                             request(3, 0.09 + prepare_s))
+                             last_request())
         return sizes
 
     return run(scenario())
