@@ -8,7 +8,8 @@ within a few percent of each other, and one call of a busy machine's batch varie
 (the bench CLIP on 2 shared cores: batch 8 timed at 16.0-18.5 images/s in six calls). One
 sample per size then decides the pick by noise, and a lucky small size wins. So the sweep
 
-1. climbs 1, 2, 4, ... once each while each size is the fastest yet - or the budget ends;
+1. climbs 1, 2, 4, ... once each while each size is the fastest yet or within `tolerance`
+   of it (a plateau) - or the budget ends;
 2. spends what is left of the budget on the contenders (sizes within `band` of the best, and
    the size that ended the climb until a second sample confirms it),
    the one with the fewest samples first, sizes taken in turn, up to `max_samples` each;
@@ -119,9 +120,11 @@ class SweepPlan:
                            or (s == largest and len(self.samples[s]) < 2))]
         # Fewest samples first; among equals, sizes in turn from the smallest.
         wanted = sorted(contenders, key=lambda s: (len(self.samples[s]), s))
-        if above and (not smaller or rates[largest] > max(smaller)):
-            # Still climbing (the largest size was the fastest yet): the next size, or, when
-            # it does not fit in the budget, more samples of the contenders.
+        if above and (not smaller or rates[largest] >= (1 - self.tolerance) * max(smaller)):
+            # Still climbing (the largest size was the fastest yet, or within tolerance of
+            # it: on a plateau the noise decides which of two sizes looks faster, and one
+            # unlucky sample must not hide a faster size above): the next size, or, when it
+            # does not fit in the budget, more samples of the contenders.
             return [above[0]] + wanted
         return wanted
 
