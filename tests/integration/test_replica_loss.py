@@ -1,9 +1,10 @@
 """A lost model replica costs no request a 500, over real HTTP on the session's local Ray.
 
 Each model waits 3 s for a fuller batch (batch_wait_timeout_s), and a burst's first request
-goes alone, so the burst sits inside its replica when the test kills that replica: with a second replica every lost request is retried
-there and answered; with none, each gets a 503 ``replica_lost`` with Retry-After; a stream that
-had begun ends with a ``replica_lost`` error event and [DONE]. Two overload bursts check that
+goes alone, so the burst sits inside its replica when the test kills that replica: with a
+second replica every lost request is retried there and answered; with none, each gets a 503
+``replica_lost`` with Retry-After; a stream that had begun ends with a ``replica_lost`` error
+event and [DONE]. Two overload bursts check that
 what is refused is a JSON 503 with Retry-After and that the admitted all succeed: one refused
 by the ingress (its model shares its task with a larger one), one by Serve's proxy itself
 (the only generate model).
@@ -85,27 +86,28 @@ def _replicas(deployment: str) -> list:
             if actor["namespace"] == "serve" and f"#{deployment}#" in actor["name"]]
 
 
-def _kill_the_busiest_replica(deployment: str, expected: int) -> int:
-    """Kill the replica of `deployment` holding the most requests, once its replicas hold
-    `expected` between them, and return how many the killed one held.
-
-    A batch waits HOLD_S from its first request's arrival, so that is when the clock starts:
-    a busy machine may take seconds to deliver a burst, and a kill before any request has
-    arrived would test nothing (Serve re-routes requests no replica holds)."""
+def _held(replicas: list) -> list[int]:
     import ray
 
-    replicas = _replicas(deployment)
-    give_up = time.monotonic() + 60
-    deadline = None
-    while True:
-        held = ray.get([replica.get_num_ongoing_requests.remote() for replica in replicas])
-        now = time.monotonic()
-        if deadline is None and sum(held):
-            deadline = now + HOLD_S - 0.5  # the first batch began waiting about now
-        if sum(held) >= expected or (deadline is not None and now > deadline):
-            break
-        assert now < give_up, f"no request reached a replica of {deployment} within 60 s"
-        time.sleep(0.05)
+    return ray.get([replica.get_num_ongoing_requests.remote() for replica in replicas])
+
+
+def _wait_until_held(replicas: list, count: int, limit_s: float) -> list[int]:
+    """Requests each of `replicas` holds, once they hold `count` between them or after
+    `limit_s`, whichever comes first."""
+    deadline = time.monotonic() + limit_s
+    while sum(held := _held(replicas)) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return held
+
+
+def _kill_the_busiest_replica(replicas: list, expected: int) -> int:
+    """Kill the replica holding the most requests once `replicas` hold `expected` between
+    them, or just before a batch begun now would stop waiting (HOLD_S); return how many
+    the killed one held."""
+    import ray
+
+    held = _wait_until_held(replicas, expected, HOLD_S - 0.5)
     ray.kill(replicas[held.index(max(held))], no_restart=True)
     return max(held)
 
@@ -123,26 +125,16 @@ def _burst_then_kill(url: str, model: str, image_b64: str, count: int) -> list:
     One request goes first, and the rest once a replica holds it: a batch that begins with
     requests still being prepared in the replica waits only for them (serve_app/batching.py),
     not HOLD_S, and could be answered before the kill. A lone first request waits HOLD_S for
-    a fuller batch, which the rest then join."""
-    deployment = "model-" + model
+    a fuller batch, which the rest then join; the kill comes within that wait."""
+    replicas = _replicas("model-" + model)
     with futures.ThreadPoolExecutor(count) as pool:
         sent = [pool.submit(_classify, url, model, image_b64)]
-        _wait_until_held(deployment, 1)
+        assert sum(_wait_until_held(replicas, 1, 60)), f"no replica of {model} got a request"
         sent += [pool.submit(_classify, url, model, image_b64) for _ in range(count - 1)]
-        killed_held = _kill_the_busiest_replica(deployment, count)
+        killed_held = _kill_the_busiest_replica(replicas, count)
         answers = [future.result() for future in sent]
     assert killed_held >= 1, "the killed replica held no request: the test tested nothing"
     return answers
-
-
-def _wait_until_held(deployment: str, count: int, limit_s: float = 60) -> None:
-    import ray
-
-    replicas = _replicas(deployment)
-    deadline = time.monotonic() + limit_s
-    while sum(ray.get([r.get_num_ongoing_requests.remote() for r in replicas])) < count:
-        assert time.monotonic() < deadline, f"{deployment} got no request within {limit_s} s"
-        time.sleep(0.02)
 
 
 def _wait_until_answered(url: str, model: str, image_b64: str, limit_s: float = 240) -> None:
@@ -187,7 +179,7 @@ def test_a_stream_whose_replica_dies_ends_with_an_error_event(server, image_b64)
         lines = response.iter_lines(decode_unicode=True)
         first = next(line for line in lines if line.startswith("data: "))
         assert json.loads(first[6:])["choices"][0]["delta"]["role"] == "assistant"
-        _kill_the_busiest_replica("model-vlm-one", 1)  # it waits in its batch: it has begun
+        _kill_the_busiest_replica(_replicas("model-vlm-one"), 1)  # it has begun: in its batch
         events = [line[6:] for line in lines if line.startswith("data: ")]
     assert events[-1] == "[DONE]", events
     error = json.loads(events[-2])["error"]
