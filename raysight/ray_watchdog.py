@@ -4,8 +4,9 @@
 
 While the driver that started the Ray runs, it notes that Ray's processes, every second at
 first, then less and less often (every ``SCAN_MAX_S`` at most: a scan reads every process on
-the machine, which cost an idle server ~0.012 cores at one a second): the driver's children that carry ``RAYSIGHT_LOCAL_RAY=RAY_ID`` in their environment (GCS, raylet,
-dashboard...) and everything below them (agents, workers). When the driver closes this
+the machine, which cost an idle server ~0.012 cores at one a second): the driver's children
+that carry ``RAYSIGHT_LOCAL_RAY=RAY_ID`` in their environment (GCS, raylet, dashboard...)
+and everything below them (agents, workers). When the driver closes this
 process's stdin or is gone (a SIGKILLed driver closes it too: the kernel closes a dead
 process's files), it ends those processes and any other carrying the marker: SIGTERM, a short
 grace, then SIGKILL. The driver itself is spared (a deliberate stop leaves it running).
