@@ -31,6 +31,7 @@ if not (BUILTIN / "shapes-vlm/model.safetensors").is_file():
     pytest.skip("the built-in models are not built", allow_module_level=True)
 
 HOLD_S = 3.0  # how long a burst waits inside its replica for a fuller batch
+LEAD_S = 0.5  # how long a burst's first request goes ahead of the rest (see _burst_then_kill)
 
 
 def free_port() -> int:
@@ -101,13 +102,12 @@ def _wait_until_held(replicas: list, count: int, limit_s: float) -> list[int]:
     return held
 
 
-def _kill_the_busiest_replica(replicas: list, expected: int) -> int:
+def _kill_the_busiest_replica(replicas: list, expected: int, limit_s: float) -> int:
     """Kill the replica holding the most requests once `replicas` hold `expected` between
-    them, or just before a batch begun now would stop waiting (HOLD_S); return how many
-    the killed one held."""
+    them, or after `limit_s`; return how many the killed one held."""
     import ray
 
-    held = _wait_until_held(replicas, expected, HOLD_S - 0.5)
+    held = _wait_until_held(replicas, expected, limit_s)
     ray.kill(replicas[held.index(max(held))], no_restart=True)
     return max(held)
 
@@ -122,16 +122,22 @@ def _classify(url: str, model: str, image_b64: str):
 def _burst_then_kill(url: str, model: str, image_b64: str, count: int) -> list:
     """Send `count` requests and kill the replica holding most of them while they wait.
 
-    One request goes first, and the rest once a replica holds it: a batch that begins with
-    requests still being prepared in the replica waits only for them (serve_app/batching.py),
-    not HOLD_S, and could be answered before the kill. A lone first request waits HOLD_S for
-    a fuller batch, which the rest then join; the kill comes within that wait."""
+    One request goes first, and the rest once it waits in its batch: a batch that begins
+    with requests still being prepared in the replica waits only for them
+    (serve_app/batching.py), not HOLD_S, and could be answered before the kill (CI saw both
+    ways). A lone first request waits HOLD_S for a fuller batch, which the rest then join;
+    the kill comes within that wait."""
     replicas = _replicas("model-" + model)
     with futures.ThreadPoolExecutor(count) as pool:
         sent = [pool.submit(_classify, url, model, image_b64)]
         assert sum(_wait_until_held(replicas, 1, 60)), f"no replica of {model} got a request"
+        arrived = time.monotonic()
+        # Held from its arrival; preparing one small PNG takes milliseconds, then it waits
+        # for a fuller batch. The replica shows no sign of that step, hence this pause.
+        time.sleep(LEAD_S)
         sent += [pool.submit(_classify, url, model, image_b64) for _ in range(count - 1)]
-        killed_held = _kill_the_busiest_replica(replicas, count)
+        killed_held = _kill_the_busiest_replica(
+            replicas, count, arrived + HOLD_S - 0.5 - time.monotonic())
         answers = [future.result() for future in sent]
     assert killed_held >= 1, "the killed replica held no request: the test tested nothing"
     return answers
@@ -179,7 +185,7 @@ def test_a_stream_whose_replica_dies_ends_with_an_error_event(server, image_b64)
         lines = response.iter_lines(decode_unicode=True)
         first = next(line for line in lines if line.startswith("data: "))
         assert json.loads(first[6:])["choices"][0]["delta"]["role"] == "assistant"
-        _kill_the_busiest_replica(_replicas("model-vlm-one"), 1)  # it has begun: in its batch
+        _kill_the_busiest_replica(_replicas("model-vlm-one"), 1, HOLD_S)  # in its batch
         events = [line[6:] for line in lines if line.startswith("data: ")]
     assert events[-1] == "[DONE]", events
     error = json.loads(events[-2])["error"]
