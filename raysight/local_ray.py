@@ -99,9 +99,11 @@ def current_local_ray() -> LocalRay | None:
     return _current
 
 
-def start_local_ray(**init_options) -> LocalRay:
+def start_local_ray(process_env: dict[str, str] | None = None, **init_options) -> LocalRay:
     """Start a private local Ray for this process (loopback only, token auth, workers at nice
-    0, a watchdog). `init_options` go to ``ray.init`` (num_cpus, include_dashboard, _temp_dir,
+    0, a watchdog). `process_env`: environment variables for Ray's own processes (settings
+    they read when they start, such as Serve's); they win over this process's environment.
+    `init_options` go to ``ray.init`` (num_cpus, include_dashboard, _temp_dir,
     log_to_driver, logging options...); the address and node address are set here."""
     import ray
 
@@ -125,7 +127,8 @@ def start_local_ray(**init_options) -> LocalRay:
     quiet = {name: value for name, value in QUIET_ENV.items() if name not in os.environ}
     _ensure_token()
     try:
-        with _scoped_env({MARKER_ENV: ray_id, LOCAL_ONLY_ENV: "0", **quiet}), \
+        with _scoped_env({MARKER_ENV: ray_id, LOCAL_ONLY_ENV: "0", **quiet,
+                          **(process_env or {})}), \
                 _local_only_node(), \
                 _sigint_ignored():
             ray.init(address=LOCAL, **init_options)
