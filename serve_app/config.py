@@ -188,6 +188,15 @@ class IngressOptions(_Frozen):
         "themselves (one Ray hop per request instead of two) and these ingress options do not "
         "apply. An app of several models always has the ingress.",
     )
+    direct: bool = Field(
+        False,
+        description="The model's replica answers HTTP on `port` itself, without Serve's HTTP "
+        "proxy in between (Ray Serve's direct ingress): less CPU per request on one machine. "
+        "Only for an app of one model with one replica, on raysight's private local Ray "
+        "(`raysight serve` without --address). A lost replica then drops its connections "
+        "instead of answering 503, and the port refuses connections until the replacement "
+        "has loaded its model.",
+    )
 
 
 class ServeConfig(_Frozen):
@@ -268,7 +277,7 @@ class ServeConfig(_Frozen):
         if len(self.models) > 1 or self.ingress.separate:
             return self
         defaults = IngressOptions()
-        changed = sorted(name for name in self.ingress.model_fields_set - {"separate"}
+        changed = sorted(name for name in self.ingress.model_fields_set - {"separate", "direct"}
                          if getattr(self.ingress, name) != getattr(defaults, name))
         if changed:
             raise ValueError(
@@ -276,6 +285,26 @@ class ServeConfig(_Frozen):
                 "app of one model has none by default (its replicas answer HTTP themselves): "
                 "set ingress.separate: true to keep one, or remove "
                 f"ingress.{', ingress.'.join(changed)}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _direct_ingress_fits(self) -> "ServeConfig":
+        """Direct ingress pins the one replica to `port`: one model, one replica."""
+        if not self.ingress.direct:
+            return self
+        if len(self.models) > 1 or self.ingress.separate:
+            raise ValueError(
+                "ingress.direct serves one model whose replica answers HTTP itself; this app "
+                "has an ingress deployment (several models, or ingress.separate): serve one "
+                "model, or drop ingress.direct"
+            )
+        deployment = self.models[0].deployment
+        if deployment.num_replicas != 1 or deployment.autoscaling_config:
+            raise ValueError(
+                "ingress.direct binds the model's one replica to the port, so it needs "
+                "deployment.num_replicas 1 and no autoscaling_config; to scale out, drop "
+                "ingress.direct (Serve's proxy then spreads requests over the replicas)"
             )
         return self
 

@@ -28,7 +28,7 @@ from raysight.spec import ModelSpec
 from serve_app.body_replay import mark_readers
 from serve_app.config import ServeConfig
 from serve_app.deployment import ModelServer
-from serve_app.gateway import Gateway, LocalClient
+from serve_app.gateway import Gateway, LocalClient, ShuttingDown
 from serve_app.metrics import IngressMetrics
 from serve_app.routes import build_http_api
 
@@ -43,7 +43,17 @@ class DirectModelServer(ModelServer):
 
     def __init__(self, config: ServeConfig, spec: ModelSpec, *args: Any, **options: Any):
         super().__init__(spec, *args, **options)
-        self.gateway = Gateway(config, {spec.served_name: LocalClient(self)})
+        self.local = LocalClient(self)
+        self.gateway = Gateway(config, {spec.served_name: self.local})
+
+    def stop_admitting(self) -> None:
+        """From now on answer each new model request with a 503 ``shutting_down`` before its
+        body is read; requests already here are answered. `raysight serve --direct-ingress`
+        calls this when it stops: the replica's own HTTP server stays open while it drains,
+        where Serve's proxy would have stopped routing to it at once."""
+        self.local.refusing = ShuttingDown(
+            "the server is shutting down and takes no new requests; retry in a moment (or "
+            "on another server)")
 
     def __serve_build_asgi_app__(self):
         mark_readers()  # a request Serve re-sends here from a killed replica reads its body

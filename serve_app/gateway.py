@@ -42,6 +42,12 @@ class ReplicaLost(ModelOverloaded):
     code = "replica_lost"
 
 
+class ShuttingDown(ModelOverloaded):
+    """The server is stopping: it answers the requests it holds and takes no new ones."""
+
+    code = "shutting_down"
+
+
 class ModelClient(Protocol):
     """How the gateway reaches one model's ModelServer."""
 
@@ -77,6 +83,9 @@ class LocalClient:
 
     def __init__(self, server: Any):
         self.server = server
+        # In-process there is no queue to overflow: the only refusal is set when the server
+        # stops taking requests (DirectModelServer.stop_admitting).
+        self.refusing: ModelOverloaded | None = None
 
     async def call(self, method: str, *args: Any) -> Any:
         result = getattr(self.server, method)(*args)
@@ -86,7 +95,7 @@ class LocalClient:
         return getattr(self.server, method)(*args)
 
     def refusal(self) -> ModelOverloaded | None:
-        return None  # in-process: no queue to overflow
+        return self.refusing
 
 
 @dataclass

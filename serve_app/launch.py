@@ -2,7 +2,7 @@
 case, ``start_serving`` for callers (tests, notebooks) that keep control.
 
     raysight serve --model builtin:shapes-vlm --model builtin:shapes-clip [--port 8000]
-                   [--index DIR] [--api-key KEY] [--serve-config FILE.yaml]
+                   [--index DIR] [--api-key KEY] [--serve-config FILE.yaml] [--direct-ingress]
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import sys
 import threading
 from typing import Sequence
 
-from raysight.errors import RaysightError
+from raysight.errors import ConfigError, RaysightError
 from raysight.spec import ModelSpec
+from serve_app import direct_ingress
 from serve_app.config import IndexConfig, ServeConfig
 
 API_KEY_ENV = "RAYSIGHT_API_KEY"
@@ -37,14 +38,21 @@ def start_serving(config: ServeConfig) -> str:
 
     # A GPU ask the nodes cannot hold is refused here, before Serve waits on it forever.
     check_gpu_placement(config, nodes_from_ray(ray.nodes()))
+    direct = config.ingress.direct
     serve.start(
-        http_options={"host": config.host, "port": config.port},
+        # Direct ingress: the replica takes config.port; Serve's proxy goes elsewhere.
+        http_options={"host": config.host,
+                      "port": direct_ingress.proxy_port(config.host) if direct else config.port},
         logging_config=LOGGING_CONFIG,
     )
     # serve.run returns when every replica has loaded its model and passed its health check.
     serve.run(build_app(config), name=config.app_name, route_prefix=config.route_prefix,
               logging_config=LOGGING_CONFIG)
-    host, port = _proxy_address(config)
+    if direct:
+        direct_ingress.check_replica_port(config.app_name, config.port)
+        host, port = config.host, config.port
+    else:
+        host, port = _proxy_address(config)
     prefix = config.route_prefix.rstrip("/")
     return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}{prefix}"
 
@@ -77,13 +85,25 @@ def serve_config(config: ServeConfig, ray_address: str | None = None) -> None:
     address = resolve_ray_address(ray_address)
     joined = address != LOCAL
     local = None
+    ray_env = {}
+    if config.ingress.direct:
+        if joined:
+            raise ConfigError(
+                f"--direct-ingress (ingress.direct) needs raysight's private local Ray, and "
+                f"this command would join the cluster at {address}: Ray's processes there were "
+                "started without it. Drop --address (and $RAY_ADDRESS), or --direct-ingress"
+            )
+        if config.port == 0:
+            config = config.model_copy(update={"port": direct_ingress.proxy_port(config.host)})
+        ray_env = direct_ingress.process_env(config.port)
     if not ray.is_initialized():
         if not joined:
             from serve_app.proxy_edge import install
 
             install()  # the local Ray's Serve proxy answers a lost replica with a 503
         # Logs stay in Ray's log files: forwarding them to this terminal costs throughput.
-        local = connect_ray(address, log_to_driver=False)
+        local = connect_ray(address, log_to_driver=False,
+                            **({"process_env": ray_env} if ray_env else {}))
     # After ray.init, which sets its own SIGTERM handler (sys.exit, no drain).
     stop = threading.Event()
     previous = {signum: signal.signal(signum, lambda *_: stop.set())
@@ -115,6 +135,14 @@ def _stop_serving(config: ServeConfig, joined: bool) -> None:
     flight first, up to config.drain_timeout_s), and on a private Ray all of Serve."""
     from ray import serve
 
+    if config.ingress.direct:
+        try:
+            # The replica's own server stays open while it drains: refuse new requests first.
+            serve.get_app_handle(config.app_name).stop_admitting.remote().result(
+                timeout_s=30)
+        except Exception:  # noqa: BLE001 - the app may never have been deployed
+            logger.warning("could not stop app %r taking requests", config.app_name,
+                           exc_info=True)
     try:
         # Blocks until every replica of the app has stopped: Serve removes the app's routes
         # at once (no new requests) and each replica waits for its requests in flight.
@@ -161,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--drain-timeout", type=float, default=None, metavar="SECONDS",
                         help="on SIGTERM or Ctrl-C, how long requests in flight may run "
                         "before the app stops (default 30)")
+    parser.add_argument("--direct-ingress", action="store_true",
+                        help="the model's replica answers HTTP on --port itself, without "
+                        "Serve's proxy (less CPU per request; one model, one replica, private "
+                        "local Ray only; see README)")
     parser.add_argument("--address",
                         help="Ray cluster to join ('auto', 'HOST:6379', 'ray://HOST:10001'); "
                         "default: $RAY_ADDRESS, else a private local Ray. Stopping a command "
@@ -182,6 +214,8 @@ def config_from_arguments(args: argparse.Namespace) -> ServeConfig:
             data["drain_timeout_s"] = args.drain_timeout
         if args.api_key:
             data.setdefault("api_key", args.api_key)
+        if args.direct_ingress:
+            data["ingress"] = {**(data.get("ingress") or {}), "direct": True}
         return ServeConfig.from_mapping(data, source=args.serve_config)
     models = [(model, None) for model in args.model or []]
     models += [(None, config) for config in args.config or []]
@@ -189,9 +223,10 @@ def config_from_arguments(args: argparse.Namespace) -> ServeConfig:
         raise RaysightError("give at least one --model (or --config, or --serve-config)")
     specs = [spec_from_arguments(args, model, config) for model, config in models]
     drain = {} if args.drain_timeout is None else {"drain_timeout_s": args.drain_timeout}
+    ingress = {"ingress": {"direct": True}} if args.direct_ingress else {}
     return ServeConfig.for_specs(
         specs, host=args.host, port=args.port, api_key=args.api_key,
-        indexes=[IndexConfig(path=path) for path in args.index], **drain,
+        indexes=[IndexConfig(path=path) for path in args.index], **drain, **ingress,
     )
 
 

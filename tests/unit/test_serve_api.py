@@ -46,6 +46,12 @@ def test_models_are_written_flat_with_a_deployment_block():
     ([{"model": "a"}], {"ingress": {"num_replicas": 2, "num_cpus": 0.5}},
      r"ingress\.num_cpus, ingress\.num_replicas only apply to a separate ingress.*"
      r"ingress\.separate: true"),
+    ([{"model": "a"}, {"model": "b"}], {"ingress": {"direct": True}},
+     r"ingress\.direct serves one model.*serve one model, or drop ingress\.direct"),
+    ([{"model": "a", "deployment": {"num_replicas": 2}}], {"ingress": {"direct": True}},
+     r"needs deployment\.num_replicas 1 and no autoscaling_config"),
+    ([{"model": "a", "deployment": {"autoscaling_config": {"max_replicas": 2}}}],
+     {"ingress": {"direct": True}}, r"needs deployment\.num_replicas 1"),
 ])
 def test_config_mistakes_are_explained(models, extra, message):
     with pytest.raises(ConfigError, match=message):
@@ -161,3 +167,14 @@ def test_stream_events_end_with_done(http, shape):
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
     assert chunks[-1]["raysight"] == {"batch_size": 1}  # a stream's batch, on its last chunk
 
+
+
+def test_direct_ingress_is_refused_before_joining_a_cluster(capsys):
+    from serve_app.launch import serve_command
+
+    # Nothing listens on port 1: the refusal must come before any attempt to connect.
+    code = serve_command(["--model", "builtin:shapes-clip", "--direct-ingress",
+                          "--address", "127.0.0.1:1"])
+    assert code == 2
+    assert "--direct-ingress (ingress.direct) needs raysight's private local Ray" in (
+        capsys.readouterr().err)
