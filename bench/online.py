@@ -145,7 +145,8 @@ def online_embeddings(folder: str, max_batch_size: int, settings: BenchSettings,
 
 
 def _cpu_outside_replica_steady(result: dict, groups: dict[int, str], windows: list[dict],
-                                clients: int) -> dict:
+                                clients: int, scenario: str = "online_embeddings",
+                                variant: str = "raysight") -> dict:
     """CPU-ms per request of this run's Serve and Ray processes other than the model's
     replica (proxy, ingress if any, controller, GCS, raylet, dashboard agent, Ray's other
     helpers) in steady state: the cores they used while the windows were measured (read by
@@ -155,7 +156,7 @@ def _cpu_outside_replica_steady(result: dict, groups: dict[int, str], windows: l
     cores = sum(used for pid, used in result["steady_cpu"].items()
                 if groups.get(int(pid)) in SERVE_OVERHEAD_GROUPS) / seconds
     per_s = statistics.median(w["requests_per_s"] for w in windows)
-    return row("online_embeddings", "raysight", "cpu_ms_outside_replica",
+    return row(scenario, variant, "cpu_ms_outside_replica",
                round(1000 * cores / per_s, 2), unit="ms", clients=clients,
                cores=round(cores, 4), requests_per_s=round(per_s, 2),
                seconds=round(seconds, 2))
@@ -176,14 +177,15 @@ def _overhead_cores(split: list[dict]) -> float:
     return sum(r["value"] for r in split if r["variant"] in SERVE_OVERHEAD_GROUPS)
 
 
-def _latency_over_ceiling(rows: list[dict], clients: int) -> list[dict]:
+def _latency_over_ceiling(rows: list[dict], clients: int, scenario: str = "online_embeddings",
+                          variant: str = "raysight") -> list[dict]:
     """raysight's p50 latency minus the in-process single request's (its batch p50), at
     `clients` (1 in a full run)."""
-    served = find(rows, "online_embeddings", "raysight", "p50_ms", clients)
-    alone = find(rows, "online_embeddings", "ceiling", "p50_ms", clients)
+    served = find(rows, scenario, variant, "p50_ms", clients)
+    alone = find(rows, scenario, "ceiling", "p50_ms", clients)
     if served is None or alone is None:
         return []
-    return [row("online_embeddings", "raysight", "p50_over_ceiling_ms",
+    return [row(scenario, variant, "p50_over_ceiling_ms",
                 round(served - alone, 1), unit="ms", clients=clients)]
 
 

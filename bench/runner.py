@@ -21,7 +21,8 @@ from bench.report import evaluate_targets, format_table, format_targets, write_j
 from bench.settings import BenchSettings
 
 SCENARIOS = ("batch_sweep", "cold_start", "online_embeddings", "online_generation",
-             "offline_embed", "caching", "serve_batch", "reliability", "generation_mixed")
+             "offline_embed", "caching", "serve_batch", "reliability", "generation_mixed",
+             "online_embeddings_direct")
 # `make bench`: the throughput scenarios. The caching benchmark (~5 min), the batcher
 # comparison (serve_batch), the reliability scenario (~4 min, its own `raysight serve`) and
 # the scheduler comparison (generation_mixed, ~4 min) run on their own (`--only`); their
@@ -137,6 +138,11 @@ def run(options: RunOptions, log: Callable[[str], None] = print) -> dict:
         timed("reliability", lambda: reliability(settings, log))
     if chosen & RAY_SCENARIOS:
         _ray_scenarios(chosen, embed, vlm, best, settings, log, timed)
+    if "online_embeddings_direct" in chosen:  # a Ray of its own, started for direct ingress
+        from bench.online_direct import online_embeddings_direct
+
+        timed("online_embeddings_direct",
+              lambda: online_embeddings_direct(embed, best, settings, log))
     targets = evaluate_targets(rows, {r["scenario"] for r in rows})
     info["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     payload = {

@@ -1,7 +1,8 @@
 """`python -m bench --quick` runs the benchmark scenarios end to end on tiny models and
-writes the JSON and the plots the README shows. To stay within 90 s it runs the sweep, the
-online embeddings and the offline job; online generation goes through the same code as the
-embeddings, and the cold start and the caching benchmark each start a Ray of their own."""
+writes the JSON and the plots the README shows. To stay within ~2 min it runs the sweep, the
+online embeddings (through Serve's proxy, and with direct ingress) and the offline job; online
+generation goes through the same code as the embeddings, and the cold start and the caching
+benchmark each start a Ray of their own."""
 
 from __future__ import annotations
 
@@ -16,17 +17,17 @@ import pytest
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = ("batch_sweep", "online_embeddings", "offline_embed")
+SCENARIOS = ("batch_sweep", "online_embeddings", "offline_embed", "online_embeddings_direct")
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(200)
 def test_quick_bench_writes_json_and_plots(tmp_path):
     command = [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)]
     for scenario in SCENARIOS:
         command += ["--only", scenario]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=110)
+                          timeout=190)
     assert done.returncode == 0, done.stderr[-3000:]
 
     payload = json.loads((tmp_path / "latest.json").read_text())
@@ -58,6 +59,13 @@ def test_quick_bench_writes_json_and_plots(tmp_path):
                                             rel=0.02, abs=0.05)
     whole = extra["cpu_ms_outside_replica_whole_run"]
     assert whole["value"] > 0 and whole["requests"] > 0
+    # The same server with direct ingress (its own Ray), against the same ceiling and reference.
+    direct = {(r["variant"], r["metric"]): r for r in payload["rows"]
+              if r["scenario"] == "online_embeddings_direct"}
+    for variant in ("raysight_direct", "ceiling", "reference"):
+        assert direct[(variant, "throughput")]["value"] > 0
+    assert direct[("raysight_direct", "cpu_ms_outside_replica")]["requests_per_s"] > 0
+    assert ("raysight_direct", "p50_over_ceiling_ms") in direct
     assert extra["p50_over_ceiling_ms"]["clients"] == 1
     served = [r["value"] for r in payload["rows"] if r["scenario"] == "online_embeddings"
               and r["metric"] == "throughput" and r["variant"] == "raysight"]

@@ -1,0 +1,75 @@
+"""Online embeddings with `--direct-ingress` (serve_app/direct_ingress.py): the model's replica
+answers HTTP itself, no Serve proxy in between, against the same in-process ceiling and
+single-process reference as `online_embeddings`, at the same client counts.
+
+Direct ingress is set when Ray's processes start, so this scenario starts a private Ray of its
+own, after the shared one has stopped (bench/runner.py): its figures sit beside the default
+path's of the same run, not inside one Ray with it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from bench.bounds import process_groups
+from bench.inprocess import EngineRunner
+from bench.loadgen import LoadGenerator
+from bench.online import (_ceiling, _cpu_outside_replica_steady, _http, _latency_over_ceiling,
+                          compare)
+from bench.servers import free_port, raysight_server, reference_server
+from bench.settings import BenchSettings
+
+SCENARIO = "online_embeddings_direct"
+VARIANT = "raysight_direct"
+
+
+def online_embeddings_direct(folder: str, max_batch_size: int, settings: BenchSettings,
+                             log: Callable[[str], None]) -> list[dict]:
+    """/v1/embeddings, one image per request, at settings.embed_clients: raysight with direct
+    ingress, the in-process ceiling and the single-process batching reference."""
+    from raysight.local_ray import start_local_ray
+    from serve_app import direct_ingress
+    from serve_app.proxy_edge import install
+
+    port = free_port()
+    install()  # as `raysight serve` does before it starts its local Ray
+    local = start_local_ray(process_env=direct_ingress.process_env(port), log_to_driver=False,
+                            include_dashboard=False, configure_logging=False)
+    try:
+        runner = EngineRunner(folder, max_batch_size)
+        path = "/v1/embeddings"
+        with LoadGenerator() as loadgen, \
+                reference_server(folder, max_batch_size) as reference, \
+                raysight_server(folder, "clip", max_batch_size, settings.max_clients,
+                                with_mbs1=False, direct_port=port) as serve_url:
+            reference_url = reference.ready()
+            results: list[dict] = []
+            raysight = _http(loadgen, serve_url, path, "clip", settings, results)
+            split_at = 32 if 32 in settings.embed_clients else max(settings.embed_clients)
+            steady: list[dict] = []
+
+            def raysight_with_cpu(clients: int, seconds: float) -> list[dict]:
+                if clients != split_at:
+                    return raysight(clients, seconds)
+                groups = process_groups()
+                figures = raysight(clients, seconds, tuple(groups))
+                steady.append(_cpu_outside_replica_steady(results[-1], groups, figures, clients,
+                                                          SCENARIO, VARIANT))
+                log(f"  CPU per request outside the model replica: {steady[-1]['value']:.1f} "
+                    "ms in steady state")
+                return figures
+
+            variants = {
+                VARIANT: raysight_with_cpu,
+                "ceiling": _ceiling(runner, max_batch_size, settings.repeats),
+                "reference": _http(loadgen, reference_url, path, "clip", settings),
+            }
+            rows = compare(SCENARIO, variants, settings.embed_clients, settings.embed_window_s,
+                           "requests_per_s", "throughput", "img/s", log)
+        return rows + steady + _latency_over_ceiling(rows, min(settings.embed_clients),
+                                                     SCENARIO, VARIANT)
+    finally:
+        from ray import serve
+
+        serve.shutdown()
+        local.stop()
