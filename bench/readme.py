@@ -74,6 +74,10 @@ def render(payload: dict) -> str:
     if "online_embeddings" in by_scenario:
         parts += ["Online embeddings (`/v1/embeddings`, one 224 px JPEG per request):", "",
                   online_table(rows, "online_embeddings", "throughput", "img/s"), ""]
+    if "online_embeddings_direct" in by_scenario:
+        parts += ["Online embeddings with `raysight serve --direct-ingress` (its own Ray, right "
+                  "after; its own ceiling and reference):", "",
+                  online_table(rows, "online_embeddings_direct", "throughput", "img/s"), ""]
     if "online_generation" in by_scenario:
         parts += ["Online generation (chat completion, one image, 16 new tokens):", "",
                   online_table(rows, "online_generation", "tokens_per_s", "tokens/s"), ""]
@@ -82,6 +86,7 @@ def render(payload: dict) -> str:
         parts += ["Where the time and the cores go (`bench/bounds.py`; cores = CPU seconds "
                   "over wall seconds, of the machine's 2):", "", simple_table(rows, bounds), ""]
     others = tuple(s for s in by_scenario if s not in ("online_embeddings",
+                                                        "online_embeddings_direct",
                                                         "online_generation") + BOUNDS)
     if others:
         parts += [simple_table(rows, others), ""]
