@@ -102,8 +102,7 @@ def serve_config(config: ServeConfig, ray_address: str | None = None) -> None:
 
             install()  # the local Ray's Serve proxy answers a lost replica with a 503
         # Logs stay in Ray's log files: forwarding them to this terminal costs throughput.
-        local = connect_ray(address, log_to_driver=False,
-                            **({"process_env": ray_env} if ray_env else {}))
+        local = connect_ray(address, log_to_driver=False, process_env=ray_env or None)
     # After ray.init, which sets its own SIGTERM handler (sys.exit, no drain).
     stop = threading.Event()
     previous = {signum: signal.signal(signum, lambda *_: stop.set())

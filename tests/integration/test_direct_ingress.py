@@ -5,10 +5,8 @@ private Ray, in a subprocess."""
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures as futures
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -19,21 +17,13 @@ import psutil
 import pytest
 
 from tests.api_server import free_port
-from tests.conftest import png_bytes
+from tests.integration.serve_process import image_body, wait_for_banner
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 RAYSIGHT = str(Path(sys.executable).with_name("raysight"))
 START_DEADLINE_S = 240
-
-
-def _image_body(seed: int) -> dict:
-    from raysight.shapes import make_shapes
-
-    [(image, _)] = make_shapes(1, seed=seed)
-    url = "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode()
-    return {"model": "shapes-clip", "input": [url], "modality": "image"}
 
 
 def _listener_of(port: int) -> psutil.Process | None:
@@ -52,7 +42,7 @@ def _refused_while(url: str, holding) -> "httpx.Response | None":
 
     while holding():
         try:
-            reply = httpx.post(url + "/v1/embeddings", json=_image_body(99), timeout=0.5)
+            reply = httpx.post(url + "/v1/embeddings", json=image_body(99), timeout=0.5)
         except httpx.TimeoutException:
             continue
         if reply.status_code != 200:
@@ -84,17 +74,13 @@ def test_the_replica_answers_on_the_port_and_a_sigterm_finishes_requests_in_flig
             cwd=REPO, env=_env(), stdout=output, stderr=subprocess.STDOUT,
             start_new_session=True)
     try:
-        deadline = time.monotonic() + START_DEADLINE_S
-        while not re.search(r"^raysight: serving", log.read_text(errors="replace"), re.M):
-            assert server.poll() is None, log.read_text(errors="replace")[-3000:]
-            assert time.monotonic() < deadline, "raysight serve did not come up"
-            time.sleep(0.5)  # the banner is the only sign it is up: poll the log
+        wait_for_banner(server, log, START_DEADLINE_S)
         assert f"at http://127.0.0.1:{port} " in log.read_text(errors="replace")
         # No proxy in between: the socket on --port is the model replica's own.
         replica = _listener_of(port)
         assert replica is not None and replica.name().startswith("ray::ServeReplica"), replica
         url = f"http://127.0.0.1:{port}"
-        answer = httpx.post(url + "/v1/embeddings", json=_image_body(1), timeout=120)
+        answer = httpx.post(url + "/v1/embeddings", json=image_body(1), timeout=120)
         assert answer.status_code == 200, answer.text
         [item] = answer.json()["data"]
         assert len(item["embedding"]) > 8 and answer.headers["x-raysight-batch-size"] == "1"
@@ -111,7 +97,7 @@ def test_the_replica_answers_on_the_port_and_a_sigterm_finishes_requests_in_flig
             assert time.monotonic() < deadline, "no replacement replica took the port"
             time.sleep(0.5)  # Serve notices the death and starts a replica: nothing to wait on
         assert _listener_of(port).name().startswith("ray::ServeReplica")
-        again = httpx.post(url + "/v1/embeddings", json=_image_body(2), timeout=120)
+        again = httpx.post(url + "/v1/embeddings", json=image_body(2), timeout=120)
         assert again.status_code == 200, again.text
 
         # Requests in flight at a SIGTERM are answered before the replica stops; one that
@@ -120,7 +106,7 @@ def test_the_replica_answers_on_the_port_and_a_sigterm_finishes_requests_in_flig
 
         def ask(seed: int) -> tuple[int, float]:
             started.append(seed)
-            status = httpx.post(url + "/v1/embeddings", json=_image_body(seed),
+            status = httpx.post(url + "/v1/embeddings", json=image_body(seed),
                                 timeout=120).status_code
             return status, time.monotonic()
 

@@ -10,7 +10,6 @@ import io
 import ipaddress
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import psutil
 import pytest
 
 from raysight.shapes import write_shapes_folder
+from tests.integration.serve_process import wait_for_banner
 
 pytestmark = pytest.mark.integration
 
@@ -181,11 +181,7 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0_leaving_no_ray(tmp_pat
         server = subprocess.Popen(command, cwd=REPO, env=env, stdout=output,
                                   stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + START_DEADLINE_S
-        while not re.search(r"^raysight: serving", log.read_text(errors="replace"), re.M):
-            assert server.poll() is None, log.read_text(errors="replace")[-3000:]
-            assert time.monotonic() < deadline, "raysight serve did not come up"
-            time.sleep(0.5)  # the banner is the only sign it is up: poll the log
+        wait_for_banner(server, log, START_DEADLINE_S)
         ray_tree = psutil.Process(server.pid).children(recursive=True)
         ray_pids = {p.pid for p in ray_tree}
         # Serve's HTTP proxy included, everything of this command listens on loopback only,

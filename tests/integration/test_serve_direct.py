@@ -4,7 +4,6 @@ with requests in flight gives those requests a JSON 503 (serve_app/proxy_edge.py
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures as futures
 import json
 import time
@@ -12,7 +11,7 @@ import time
 import pytest
 
 from tests.api_server import free_port
-from tests.conftest import png_bytes
+from tests.integration.serve_process import image_body
 
 pytestmark = pytest.mark.integration
 
@@ -40,21 +39,13 @@ def served(ray_session):
     serve.delete(APP)
 
 
-def _image_body(seed: int) -> dict:
-    from raysight.shapes import make_shapes
-
-    [(image, _)] = make_shapes(1, seed=seed)
-    url = "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode()
-    return {"model": "shapes-clip", "input": [url], "modality": "image"}
-
-
 def test_one_model_is_one_deployment_answering_http(served):
     import httpx
     from ray import serve
 
     [deployment] = serve.status().applications[APP].deployments
     assert deployment == "model-shapes-clip"
-    answer = httpx.post(served + "/v1/embeddings", json=_image_body(1), timeout=60)
+    answer = httpx.post(served + "/v1/embeddings", json=image_body(1), timeout=60)
     assert answer.status_code == 200
     [item] = answer.json()["data"]
     assert len(item["embedding"]) > 8 and answer.headers["x-raysight-batch-size"] == "1"
@@ -80,7 +71,7 @@ def test_requests_in_flight_at_a_replica_kill_are_answered_200_or_json_503(serve
     import httpx
     import ray
 
-    bodies = [_image_body(seed) for seed in range(16)]
+    bodies = [image_body(seed) for seed in range(16)]
     answers: list[tuple[float, float, int | str, str | None, str]] = []
     stop = threading.Event()
 
