@@ -56,7 +56,11 @@ def generation_split(full: dict[int, list[Measured]], first_token: EngineRunner,
     return rows
 
 
-# (what the command line holds, the group it counts under), first match wins.
+# A Ray worker before it names itself (its first second or so, importing): its command line
+# is the interpreter's, with Ray's flags (`--raylet-name=...`), so it must not match "raylet".
+_STARTING_WORKER = "default_worker.py"
+# (what the command line holds, the group it counts under), first match wins. Ray's own
+# daemons are matched on their program, not their flags (see `_process_group`).
 _GROUPS = (
     (":ingress", "serve ingress"),
     ("-mbs1", "model replica (idle, mbs1)"),
@@ -68,19 +72,30 @@ _GROUPS = (
     ("(ModelStage)", "job model actor"),
     ("(PreprocessStage)", "job preprocess actor"),
     ("reference_server", "reference server"),
-    ("gcs_server", "ray gcs"),
-    ("raylet", "ray raylet"),
+    # Ray Data's own actors beside a job's pools (its scheduler's helpers).
+    ("_AutoscalingCoordinatorActor", "ray data helpers"),
+    ("_StatsActor", "ray data helpers"),
+    ("ActorLocationTracker", "ray data helpers"),
     ("dashboard", "ray dashboard"),
     ("ray", "other ray processes"),
 )
+_DAEMONS = {"gcs_server": "ray gcs", "raylet": "ray raylet"}
+# Groups a process is in until it shows a more specific one (Ray renames its workers).
+_PROVISIONAL = ("ray worker (starting)", "other ray processes", "other")
 # Processes of this run that are not the model's replica: what serving costs on top of it.
 SERVE_OVERHEAD_GROUPS = ("serve ingress", "serve proxy", "serve controller", "ray gcs",
-                         "ray raylet", "ray dashboard", "other ray processes")
+                         "ray raylet", "ray dashboard", "ray data helpers",
+                         "ray worker (starting)", "other ray processes")
 
 
 def _process_group(command: str, me: int, pid: int) -> str:
     if pid == me:
         return "bench driver"
+    program = command.split(" ", 1)[0].rsplit("/", 1)[-1]
+    if program in _DAEMONS:
+        return _DAEMONS[program]
+    if _STARTING_WORKER in command:
+        return "ray worker (starting)"
     return next((group for needle, group in _GROUPS if needle in command), "other")
 
 
@@ -136,11 +151,12 @@ def _all_cpu_seconds() -> dict[int, tuple[str, float, int]]:
 def _remember(seen: dict[int, tuple[str, float]], now: dict[int, tuple[str, float]],
               me: int) -> None:
     """Fold one look at /proc into `seen` (pid -> group, CPU seconds). A process keeps the
-    first specific group it was seen in: Ray renames a worker whose actor has ended."""
+    first specific group it was seen in: Ray renames a worker whose actor has ended, and a
+    worker seen while it was starting takes the name it shows next."""
     for pid, (command, seconds) in now.items():
         group = _process_group(command, me, pid)
         earlier = seen.get(pid)
-        if earlier is not None and group in ("other ray processes", "other"):
+        if earlier is not None and group in _PROVISIONAL and earlier[0] not in _PROVISIONAL:
             group = earlier[0]
         seen[pid] = (group, seconds)
 

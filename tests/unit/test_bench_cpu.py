@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from bench.bounds import _process_group, _remember
 from bench.loadgen import cpu_seconds_of
 from bench.online import _cpu_outside_replica_steady
 
@@ -52,3 +53,31 @@ def test_steady_cpu_per_request_counts_only_the_processes_outside_the_replica():
     assert got["cores"] == pytest.approx(0.1)
     assert got["requests_per_s"] == 16.0
     assert got["value"] == pytest.approx(6.25)
+
+
+RAYLET = "/venv/lib/python3.11/site-packages/ray/core/src/ray/raylet/raylet --raylet_socket_name=/tmp/s"
+STARTING = ("/venv/bin/python -u /venv/lib/python3.11/site-packages/ray/_private/workers/"
+            "default_worker.py --node-ip-address=127.0.0.1 --raylet-name=/tmp/ray/sockets/raylet")
+
+
+def test_ray_daemons_are_told_by_their_program_and_a_starting_worker_is_not_the_raylet():
+    assert _process_group(RAYLET, me=1, pid=2) == "ray raylet"
+    assert _process_group("/venv/ray/core/src/ray/gcs/gcs_server --log_dir=/tmp/l", 1, 2) == "ray gcs"
+    # Ray's flags name the raylet: a worker still importing must not count as the raylet.
+    assert _process_group(STARTING, 1, 2) == "ray worker (starting)"
+    assert _process_group("ray::_StatsActor", 1, 2) == "ray data helpers"
+    assert _process_group("ray::MapWorker(MapBatches(ModelStage))", 1, 2) == "job model actor"
+    assert _process_group("ray::IDLE", 1, 2) == "other ray processes"
+    assert _process_group("anything", me=7, pid=7) == "bench driver"
+
+
+def test_a_worker_keeps_the_group_of_its_actor_not_of_its_start_or_its_idle_end():
+    seen: dict = {}
+    for command, seconds in [(STARTING, 0.5), ("ray::MapWorker(MapBatches(PreprocessStage))", 3.0),
+                             ("ray::IDLE", 3.2)]:
+        _remember(seen, {21: (command, seconds)}, me=1)
+    assert seen[21] == ("job preprocess actor", 3.2)
+    seen = {}
+    for command, seconds in [(STARTING, 0.4), ("ray::IDLE", 1.5)]:  # a task worker
+        _remember(seen, {22: (command, seconds)}, me=1)
+    assert seen[22] == ("other ray processes", 1.5)
