@@ -4,6 +4,9 @@ the same folder of JPEGs, both writing Parquet.
 The plain loop is what one writes by hand: read and decode each file, run the processor,
 one forward per `batch` images at the sweep's best batch size, write Parquet at the end.
 The job's figure is end to end: planning, starting its actors, loading the model, writing.
+Each side runs the batch size that is best for how it uses the cores: the loop the sweep's
+(one forward on every core), the job what its own `max_batch_size: auto` picks on one model
+actor's threads (one single-threaded forward per core), both chosen before the timing.
 """
 
 from __future__ import annotations
@@ -108,6 +111,22 @@ def embed_job(model_folder: str, images: Path, output: Path, batch: int,
     return summary.rows / seconds, {"plan": summary.plan, "job_seconds": summary.seconds}
 
 
+def job_batch_size(model_folder: str, images: Path, output: Path, torch_threads: int,
+                   actors: int) -> dict:
+    """The size the embed job's `max_batch_size: auto` picks for this model on one model
+    actor (its device and torch threads), the way a job resolves it: a remote sweep, cached
+    per model and device for the next run (`choice["from_cache"]`)."""
+    from batch_jobs.config import job_config_for
+    from batch_jobs.pipeline import current_plan, resolve_batch_sizes
+    from raysight.spec import ModelSpec
+
+    job = job_config_for("embed", ModelSpec(model=model_folder, max_batch_size="auto"),
+                         str(images), str(output), torch_threads=torch_threads,
+                         actor_pool_size=actors)
+    _, choice = resolve_batch_sizes(job, current_plan(job))
+    return choice
+
+
 def offline_embed(model_folder: str, batch: int, actors: int, torch_threads: int,
                   settings: BenchSettings, log: Callable[[str], None]) -> list[dict]:
     """The job over every image (`offline_repeats` passes; a pass over 4,000 images takes
@@ -128,24 +147,28 @@ def offline_embed(model_folder: str, batch: int, actors: int, torch_threads: int
             return rates
 
         loop_figures = loop(max(1, settings.repeats - 1), "loop-before")
+        choice = job_batch_size(model_folder, images, Path(scratch) / "pick", torch_threads,
+                                actors)
+        log(f"  embed job: max_batch_size auto -> {choice['size']} on {choice['device']}"
+            f"{' (cached)' if choice['from_cache'] else ''}")
         split: list[dict] = []
         for repeat in range(settings.offline_repeats):
             # Where the cores go during the job (bench/bounds.py), for its first pass.
             split_now, (figure, details) = cpu_split(
                 lambda: embed_job(model_folder, images, Path(scratch) / f"job-{repeat}",
-                                  batch, torch_threads, actors), scenario="offline_cpu_split")
+                                  choice["size"], torch_threads, actors),
+                scenario="offline_cpu_split")
             split = split or split_now
             job_figures.append(figure)
             log(f"  embed job: {figure:.1f} images/s ({details['plan']})")
         loop_figures += loop(1, "loop-after")
-    extra = {"batch": batch}
     return [
         median_row(SCENARIO, "embed_job", "images_per_s", job_figures, unit="img/s",
                    images=settings.offline_images, model_actors=actors,
-                   torch_threads=torch_threads, **details,
-                   **extra),
+                   torch_threads=torch_threads, **details, batch=choice["size"],
+                   batch_picked_on=choice["device"], batch_pick_cached=choice["from_cache"]),
         median_row(SCENARIO, "plain_loop", "images_per_s", loop_figures, unit="img/s",
-                   stretch_s=settings.offline_loop_segment_s, **extra),
+                   stretch_s=settings.offline_loop_segment_s, batch=batch),
         row(SCENARIO, "embed_job", "ratio_to_loop",
             round(statistics.median(job_figures) / statistics.median(loop_figures), 3)),
     ] + split
