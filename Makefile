@@ -29,7 +29,7 @@ browser:
 	  || echo "make browser: could not install chromium; the browser tests will be skipped"
 
 test: setup browser
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=20
 
 unit: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
