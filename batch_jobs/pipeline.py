@@ -142,12 +142,15 @@ def resolve_batch_sizes(job: JobConfig, plan: StagePlan) -> tuple[JobConfig, dic
 
 
 def _pick_batch_size(spec, torch_threads: int | None, model_actors: int) -> dict:
-    """Load the model as a model actor would and resolve `max_batch_size: auto`."""
+    """Resolve `max_batch_size: auto` with a model actor's torch threads: the cache's pick
+    when it has one (no model load), else a sweep on the model loaded as the actor would."""
     from batch_jobs.stages import set_torch_threads
+    from raysight.autobatch import cached_choice
     from raysight.engines import build_engine
 
     set_torch_threads(torch_threads, model_actors)
-    return build_engine(spec).batch_choice.as_dict()
+    choice = cached_choice(spec) or build_engine(spec).batch_choice
+    return choice.as_dict()
 
 
 def _add_stages(job: JobConfig, source: InputSource, plan: StagePlan, dataset) -> "ray.data.Dataset":

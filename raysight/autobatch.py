@@ -161,11 +161,8 @@ def resolve_batch_size(engine) -> BatchChoice | None:
     if spec.max_batch_size != "auto":
         return None
     key = cache_key(spec, _source(spec), engine.task, engine.device, engine.dtype)
-    cached = read_cached(spec, key)
-    if cached is not None:
-        choice = BatchChoice(size=min(cached["size"], spec.auto_batch.max_size),
-                             from_cache=True, device=device_name(engine.device))
-    else:
+    choice = _from_cache(spec, key, engine.device)
+    if choice is None:
         choice = sweep(engine)
         write_cached(spec, key, choice)
     engine.spec = spec.model_copy(update={"max_batch_size": choice.size})
@@ -173,6 +170,38 @@ def resolve_batch_size(engine) -> BatchChoice | None:
     engine.batch_choice = choice
     logger.info("%s: %s", spec.model, choice.describe())
     return choice
+
+
+def cached_choice(spec) -> BatchChoice | None:
+    """The pick the cache holds for `spec` on the device and torch threads this process would
+    load it with, found without loading the model or importing transformers: a job's look-up
+    before its pipeline starts then costs no model load. None when `spec` names a size or
+    nothing is cached."""
+    from typing import get_args
+
+    from raysight.loading import resolve_device, resolve_dtype
+    from raysight.spec import Task
+
+    if spec.max_batch_size != "auto":
+        return None
+    source = _source(spec)
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+    # The task is the model family's (from the model's config, which needs transformers);
+    # a model has one, so an entry under any task is this model's.
+    for task in [spec.task] if spec.task else get_args(Task):
+        choice = _from_cache(spec, cache_key(spec, source, task, device, dtype), device)
+        if choice is not None:
+            return choice
+    return None
+
+
+def _from_cache(spec, key: str, device: str) -> BatchChoice | None:
+    cached = read_cached(spec, key)
+    if cached is None:
+        return None
+    return BatchChoice(size=min(cached["size"], spec.auto_batch.max_size), from_cache=True,
+                       device=device_name(device))
 
 
 def _source(spec) -> str:

@@ -54,8 +54,10 @@ def auto_spec(tiny_models, tmp_path) -> ModelSpec:
 
 
 def test_auto_sweeps_once_then_reads_the_cache(auto_spec):
+    from raysight.autobatch import cached_choice
     from raysight.engines import build_engine
 
+    assert cached_choice(auto_spec) is None  # nothing cached yet
     first = build_engine(auto_spec)
     choice = first.batch_choice
     assert not choice.from_cache and choice.throughput and 1 in choice.throughput
@@ -74,6 +76,10 @@ def test_auto_sweeps_once_then_reads_the_cache(auto_spec):
     second = build_engine(auto_spec)
     assert second.batch_choice.from_cache and second.batch_choice.throughput == {}
     assert second.spec.max_batch_size == choice.size
+    # The look-up without a model load (a job's, before its pipeline) finds the same entry.
+    peeked = cached_choice(auto_spec)
+    assert peeked == second.batch_choice and peeked.size == choice.size
+    assert cached_choice(auto_spec.model_copy(update={"dtype": "bfloat16"})) is None
     # The sweep's noise images left nothing in the vision cache it turned off.
     assert first.caches.vision is None or len(first.caches.vision) == 0
     # Another dtype is another device setting: a sweep of its own.
