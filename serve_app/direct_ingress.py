@@ -15,7 +15,10 @@ the head node), so it is moved to another free port on the same host.
 
 from __future__ import annotations
 
+import logging
 import socket
+from contextlib import contextmanager
+from typing import Iterator
 
 from raysight.errors import ConfigError
 
@@ -46,6 +49,24 @@ def proxy_port(host: str) -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1" if host in ("0.0.0.0", "::") else host, 0))
         return sock.getsockname()[1]
+
+
+@contextmanager
+def proxy_url_hidden(app_name: str) -> Iterator[None]:
+    """While deploying: drop Serve's "Application '<app>' is ready at <URL>." line. Its URL is
+    Serve's own proxy on the spare port (it works, through the slower path), printed just
+    before raysight's banner with the replica's; a user would see two URLs and take either."""
+    serve_logger = logging.getLogger("ray.serve")
+    ready = f"Application '{app_name}' is ready"
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(ready)
+
+    serve_logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        serve_logger.removeFilter(keep)
 
 
 def replica_port(app_name: str) -> int | None:

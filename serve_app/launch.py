@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+from contextlib import nullcontext
 from typing import Sequence
 
 from raysight.errors import ConfigError, RaysightError
@@ -46,8 +47,9 @@ def start_serving(config: ServeConfig) -> str:
         logging_config=LOGGING_CONFIG,
     )
     # serve.run returns when every replica has loaded its model and passed its health check.
-    serve.run(build_app(config), name=config.app_name, route_prefix=config.route_prefix,
-              logging_config=LOGGING_CONFIG)
+    with direct_ingress.proxy_url_hidden(config.app_name) if direct else nullcontext():
+        serve.run(build_app(config), name=config.app_name, route_prefix=config.route_prefix,
+                  logging_config=LOGGING_CONFIG)
     if direct:
         direct_ingress.check_replica_port(config.app_name, config.port)
         host, port = config.host, config.port

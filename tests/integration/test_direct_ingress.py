@@ -75,7 +75,10 @@ def test_the_replica_answers_on_the_port_and_a_sigterm_finishes_requests_in_flig
             start_new_session=True)
     try:
         wait_for_banner(server, log, START_DEADLINE_S)
-        assert f"at http://127.0.0.1:{port} " in log.read_text(errors="replace")
+        banner = log.read_text(errors="replace")
+        assert f"at http://127.0.0.1:{port} " in banner
+        # The one URL shown is the replica's: Serve's line with its own proxy's is dropped.
+        assert "is ready at" not in banner, banner[-2000:]
         # No proxy in between: the socket on --port is the model replica's own.
         replica = _listener_of(port)
         assert replica is not None and replica.name().startswith("ray::ServeReplica"), replica
