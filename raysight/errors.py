@@ -84,9 +84,14 @@ class NotFound(RaysightError):
 
 
 class PlacementError(ConfigError):
-    """Model actors or replicas cannot be placed on the cluster's nodes as asked."""
+    """Model actors or replicas cannot be placed on the cluster's nodes as asked; `model`
+    names the deployment that did not fit, when one is to blame."""
 
     code = "placement_impossible"
+
+    def __init__(self, message: str, model: str | None = None):
+        super().__init__(message)
+        self.model = model
 
 
 class UnsupportedModel(ConfigError):

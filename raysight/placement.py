@@ -118,16 +118,18 @@ def max_actors(nodes: Sequence[ClusterNode], shape: ActorShape) -> int:
     return sum(actors_on_node(node, shape) for node in nodes)
 
 
-def place_actors(nodes: Sequence[ClusterNode], shape: ActorShape, count: int) -> list[str]:
+def place_actors(nodes: Sequence[ClusterNode], shape: ActorShape, count: int,
+                 placed_first: str = "") -> list[str]:
     """The node name of each of `count` actors of `shape`, spread like Serve spreads replicas:
     the next actor goes to the node with the most of them still free. Raises PlacementError,
-    saying what the cluster has and what to change, when they do not all fit."""
+    saying what the cluster has and what to change, when they do not all fit; `placed_first`
+    names what took part of `nodes` already (they are what it left), for that message."""
     if count < 0:
         raise PlacementError(f"cannot place {count} actors")
     free = {node.name: actors_on_node(node, shape) for node in nodes}
     fits = sum(free.values())
     if count > fits:
-        raise PlacementError(_too_many(nodes, shape, count, fits))
+        raise PlacementError(_too_many(nodes, shape, count, fits, placed_first))
     placed = []
     for _ in range(count):
         name = max(free, key=lambda n: (free[n], -list(free).index(n)))
@@ -136,13 +138,14 @@ def place_actors(nodes: Sequence[ClusterNode], shape: ActorShape, count: int) ->
     return placed
 
 
-def _too_many(nodes: Sequence[ClusterNode], shape: ActorShape, count: int, fits: int) -> str:
+def _too_many(nodes: Sequence[ClusterNode], shape: ActorShape, count: int, fits: int,
+              placed_first: str = "") -> str:
     gpus = sum(node.gpus for node in nodes)
     cpus = sum(node.cpus for node in nodes)
-    message = (
-        f"{count} actor(s) of {shape.describe()} do not fit: the cluster's {len(nodes)} "
-        f"node(s) ({cpus:g} CPU, {gpus:g} GPU in all) hold {fits}"
-    )
+    have = (f"have {cpus:g} CPU, {gpus:g} GPU left once {placed_first} placed, which hold"
+            if placed_first else f"({cpus:g} CPU, {gpus:g} GPU in all) hold")
+    message = (f"{count} actor(s) of {shape.describe()} do not fit: the cluster's {len(nodes)} "
+               f"node(s) {have} {fits}")
     if shape.num_gpus and count * shape.num_gpus > gpus:
         message += (f"; they need {count * shape.num_gpus:g} GPUs. Add GPU nodes, lower the "
                     "replica or actor count, or share GPUs with a fractional num_gpus (0.5)")
@@ -169,13 +172,18 @@ def plan_replicas(requests: Sequence[ReplicaRequest],
     on what is left; raises PlacementError naming the deployment that does not fit."""
     left = list(nodes)
     placement: dict[str, list[str]] = {}
-    for request in requests:
+    for number, request in enumerate(requests):
         if request.shape.num_gpus:
             replicas_per_gpu(request.shape.num_gpus)  # refuses shares that waste a GPU
+        first = [f"model {earlier.name!r} ({earlier.replicas} x {earlier.shape.describe()})"
+                 for earlier in requests[:number] if earlier.replicas]
+        placed_first = " and ".join(first) + (" are" if len(first) > 1 else " is")
         try:
-            placed = place_actors(left, request.shape, request.replicas)
+            placed = place_actors(left, request.shape, request.replicas,
+                                  placed_first if first else "")
         except PlacementError as exc:
-            raise PlacementError(f"model {request.name!r}: {exc.message}") from None
+            raise PlacementError(f"model {request.name!r}: {exc.message}",
+                                 model=request.name) from None
         placement[request.name] = placed
         left = [_minus(node, request.shape, placed.count(node.name)) for node in left]
     return placement

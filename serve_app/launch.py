@@ -33,12 +33,15 @@ def start_serving(config: ServeConfig) -> str:
     import ray
     from ray import serve
 
+    from raysight.local_ray import current_local_ray
     from raysight.placement import nodes_from_ray
     from serve_app.app import LOGGING_CONFIG, build_app
-    from serve_app.placement import check_gpu_placement
+    from serve_app.placement import check_placement
 
-    # A GPU ask the nodes cannot hold is refused here, before Serve waits on it forever.
-    check_gpu_placement(config, nodes_from_ray(ray.nodes()))
+    # An ask the nodes cannot hold (GPUs; on raysight's private Ray, CPUs too) is refused
+    # here, before Serve waits on it forever.
+    check_placement(config, nodes_from_ray(ray.nodes()),
+                    fixed_nodes=current_local_ray() is not None)
     direct = config.ingress.direct
     serve.start(
         # Direct ingress: the replica takes config.port; Serve's proxy goes elsewhere.
@@ -136,6 +139,10 @@ def _stop_serving(config: ServeConfig, joined: bool) -> None:
     flight first, up to config.drain_timeout_s), and on a private Ray all of Serve."""
     from ray import serve
 
+    if not _deployed(config.app_name):  # refused before deploying (e.g. it cannot fit)
+        if not joined:
+            serve.shutdown()
+        return
     if config.ingress.direct:
         try:
             # The replica's own server stays open while it drains: refuse new requests first.
@@ -152,6 +159,16 @@ def _stop_serving(config: ServeConfig, joined: bool) -> None:
         logger.warning("could not delete app %r", config.app_name, exc_info=True)
     if not joined:
         serve.shutdown()
+
+
+def _deployed(app_name: str) -> bool:
+    """Whether Serve has `app_name`, in any state (deploying, running, failed)."""
+    from ray import serve
+
+    try:
+        return app_name in serve.status().applications
+    except Exception:  # noqa: BLE001 - Serve in a bad state: try to delete the app anyway
+        return True
 
 
 def serve_models(

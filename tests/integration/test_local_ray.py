@@ -241,3 +241,38 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0_leaving_no_ray(tmp_pat
     assert "raysight: shutting down" in log.read_text(errors="replace")
     left = wait_until_gone(ray_pids, timeout_s=5)
     assert not left, f"Ray processes left after raysight serve exited: {left}"
+
+
+def _ray_daemons() -> set[int]:
+    """Pids of every raylet and GCS server on the machine (the session's Ray's included)."""
+    found = set()
+    for process in psutil.process_iter(["name"]):
+        if process.info["name"] in ("raylet", "gcs_server"):
+            found.add(process.pid)
+    return found
+
+
+@pytest.mark.timeout(180)
+def test_a_config_this_machine_cannot_hold_is_refused_at_once_leaving_no_ray(tmp_path):
+    """Three models of half the machine's CPUs each (one CPU each on 2 cores) on the private
+    Ray: Serve would wait for the third replica for ever; raysight serve says why and exits 2,
+    with no traceback."""
+    # The private Ray's CPUs are the machine's: three replicas of half of them never fit.
+    half = (os.cpu_count() or 1) / 2
+    config = tmp_path / "three.yaml"
+    config.write_text("models:\n" + "".join(
+        f"  - model: builtin:shapes-clip\n    name: clip-{n}\n"
+        f"    deployment: {{num_cpus: {half:g}}}\n" for n in "abc"))
+    before = _ray_daemons()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("RAY_ADDRESS", None)
+    command = [str(Path(sys.executable).with_name("raysight")), "serve", "--serve-config",
+               str(config), "--port", "0"]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=150)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output[-3000:]
+    assert "model 'clip-c' does not fit on raysight's private local Ray" in done.stderr, output
+    assert "Lower deployment.num_cpus" in done.stderr and "Traceback" not in output, output
+    left = wait_until_gone(_ray_daemons() - before, timeout_s=10)
+    assert not left, f"Ray processes left after raysight serve exited: {left}"

@@ -1,4 +1,4 @@
-"""GPU placement, decided before anything starts, on simulated clusters (no GPU, no Ray)."""
+"""Placement, decided before anything starts, on simulated clusters (no GPU, no Ray)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from raysight.placement import (
 )
 from raysight.spec import ModelSpec
 from serve_app.config import ServeConfig
-from serve_app.placement import check_gpu_placement, most_replicas, plan_serve_placement
+from serve_app.placement import (check_placement, most_replicas, plan_serve_placement,
+                                  starting_replicas)
 
 
 def gpu_nodes(count: int, gpus: float, cpus: float = 16) -> list[ClusterNode]:
@@ -100,9 +101,12 @@ def test_replica_plan_places_deployments_on_what_earlier_ones_left():
     ], nodes)
     assert sorted(placement["captioner"] + placement["embedder"]) == [
         "gpu-0", "gpu-0", "gpu-1", "gpu-1"]
-    with pytest.raises(PlacementError, match="model 'late'"):
+    with pytest.raises(PlacementError, match="model 'late'") as raised:
         plan_replicas([ReplicaRequest("first", 2, ActorShape(num_gpus=1)),
                        ReplicaRequest("late", 1, ActorShape(num_gpus=0.5))], nodes)
+    # The figures are what the model placed first left, and the message says so.
+    assert ("have 30 CPU, 0 GPU left once model 'first' (2 x 1 CPU + 1 GPU) is placed, "
+            "which hold 0") in raised.value.message
 
 
 def test_serve_config_with_half_gpus_puts_two_replicas_on_each_gpu():
@@ -114,7 +118,7 @@ def test_serve_config_with_half_gpus_puts_two_replicas_on_each_gpu():
 def test_serve_config_asking_more_gpus_than_the_cluster_has_is_refused_before_serving():
     config = serve_config(num_replicas=3, num_gpus=1)
     with pytest.raises(PlacementError) as raised:
-        check_gpu_placement(config, gpu_nodes(1, 2))
+        check_placement(config, gpu_nodes(1, 2))
     assert "model 'shapes-clip'" in raised.value.message
     assert "need 3 GPUs" in raised.value.message
 
@@ -123,12 +127,44 @@ def test_autoscaling_is_checked_at_its_max_replicas():
     config = serve_config(num_gpus=1, autoscaling_config={"min_replicas": 1, "max_replicas": 5})
     assert most_replicas(config.models[0]) == 5
     with pytest.raises(PlacementError, match="need 5 GPUs"):
-        check_gpu_placement(config, gpu_nodes(1, 4))
-    check_gpu_placement(config, gpu_nodes(2, 4))  # 8 GPUs hold 5 replicas
+        check_placement(config, gpu_nodes(1, 4))
+    check_placement(config, gpu_nodes(2, 4))  # 8 GPUs hold 5 replicas
 
 
 def test_cpu_only_configs_are_left_to_the_autoscaler():
-    check_gpu_placement(serve_config(num_replicas=50), [ClusterNode("cpu", cpus=2)])
+    check_placement(serve_config(num_replicas=50), [ClusterNode("cpu", cpus=2)])
+
+
+def cpu_models(count: int, **deployment) -> ServeConfig:
+    return ServeConfig.from_mapping({"models": [
+        {"model": "builtin:shapes-clip", "name": f"m{i}", "deployment": deployment}
+        for i in range(count)]})
+
+
+def test_on_the_private_local_ray_cpu_replicas_that_cannot_fit_are_refused():
+    laptop = [ClusterNode("local", cpus=2)]
+    check_placement(cpu_models(2), laptop, fixed_nodes=True)  # the demo's shape: 2 of 1 CPU
+    with pytest.raises(PlacementError) as raised:
+        check_placement(cpu_models(3), laptop, fixed_nodes=True)
+    message = raised.value.message
+    assert message.startswith("model 'm2' does not fit on raysight's private local Ray")
+    assert "reserve 3 CPU in all" in message and "this machine has 2 CPU" in message
+    assert "deployment.num_cpus" in message
+    check_placement(cpu_models(3, num_cpus=0.5), laptop, fixed_nodes=True)
+    check_placement(cpu_models(5, num_cpus=0), laptop, fixed_nodes=True)  # reserve nothing
+    check_placement(cpu_models(3), laptop)  # a cluster may add a node for the third
+
+
+def test_the_private_ray_check_counts_the_replicas_serve_run_waits_for():
+    scaling = {"min_replicas": 1, "max_replicas": 50}
+    [served] = cpu_models(1, autoscaling_config=scaling).models
+    assert (starting_replicas(served), most_replicas(served)) == (1, 50)
+    check_placement(cpu_models(1, autoscaling_config=scaling), [ClusterNode("local", cpus=2)],
+                    fixed_nodes=True)
+    starting = {**scaling, "initial_replicas": 3}
+    with pytest.raises(PlacementError, match="reserve 3 CPU in all"):
+        check_placement(cpu_models(1, autoscaling_config=starting),
+                        [ClusterNode("local", cpus=2)], fixed_nodes=True)
 
 
 def test_a_gpu_job_on_three_nodes_of_four_gpus_gets_twelve_actors_one_per_gpu():
