@@ -22,6 +22,13 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "serve_app" / "config.yaml"
 START_DEADLINE_S = 180
+# Runs the command after it with Ctrl-C (SIGINT) at its default, as in a terminal. A suite
+# started in the background (`make test &`) ignores SIGINT, its children inherit that, and
+# Python keeps an inherited SIG_IGN: `serve run` would sit out the Ctrl-C below until the
+# 60 s kill.
+AS_AT_A_TERMINAL = [sys.executable, "-c", "import os, signal, sys; "
+                    "signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                    "os.execv(sys.argv[1], sys.argv[1:])"]
 
 
 def free_port() -> int:
@@ -46,8 +53,9 @@ def wait_until_ready(url: str, process: subprocess.Popen, log: Path) -> None:
     pytest.fail(f"serve run was not ready after {START_DEADLINE_S}s:\n{log.read_text()[-3000:]}")
 
 
-def stop(process: subprocess.Popen) -> None:
-    """Ctrl-C, as a user would; then the whole process group if it does not exit."""
+def stop(process: subprocess.Popen) -> bool:
+    """Ctrl-C, as a user would; then the whole process group if it does not exit. Whether
+    it exited on the Ctrl-C (or before)."""
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
         try:
@@ -55,6 +63,8 @@ def stop(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=30)
+            return False
+    return True
 
 
 @pytest.mark.timeout(300)
@@ -76,8 +86,9 @@ def test_serve_run_with_the_example_config(tmp_path):
     with open(log, "wb") as output:
         # --address local: a private Ray, never a cluster another process started here.
         process = subprocess.Popen(
-            [str(serve), "run", "--address", "local", str(config_file)], cwd=tmp_path, env=env,
-            stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+            [*AS_AT_A_TERMINAL, str(serve), "run", "--address", "local", str(config_file)],
+            cwd=tmp_path, env=env, stdout=output, stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -91,5 +102,5 @@ def test_serve_run_with_the_example_config(tmp_path):
         models = requests.get(url + "/v1/models", timeout=30).json()
         assert [model["id"] for model in models["data"]] == ["shapes-vlm", "shapes-clip"]
     finally:
-        stop(process)
-    assert process.returncode is not None
+        stopped = stop(process)
+    assert stopped, f"serve run did not exit within 60 s of Ctrl-C:\n{log.read_text()[-3000:]}"
