@@ -9,6 +9,7 @@ path's of the same run, not inside one Ray with it.
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 from bench.bounds import process_groups
@@ -16,10 +17,11 @@ from bench.inprocess import EngineRunner
 from bench.loadgen import LoadGenerator
 from bench.online import (_ceiling, _cpu_outside_replica_steady, _http, _latency_over_ceiling,
                           compare)
-from bench.servers import free_port, raysight_server, reference_server
+from bench.servers import raysight_server, reference_server
 from bench.settings import BenchSettings
 
 SCENARIO = "online_embeddings_direct"
+APP = "bench-clip"  # the app bench.servers.raysight_server deploys for model "clip"
 VARIANT = "raysight_direct"
 
 
@@ -29,11 +31,13 @@ def online_embeddings_direct(folder: str, max_batch_size: int, settings: BenchSe
     ingress, the in-process ceiling and the single-process batching reference."""
     from raysight.local_ray import start_local_ray
     from serve_app import direct_ingress
+    from serve_app.launch import relay_for
     from serve_app.proxy_edge import install
 
-    port = free_port()
     install()  # as `raysight serve` does before it starts its local Ray
-    local = start_local_ray(process_env=direct_ingress.process_env(port), log_to_driver=False,
+    replica_port = direct_ingress.free_port()
+    local = start_local_ray(process_env=direct_ingress.process_env(replica_port),
+                            log_to_driver=False,
                             include_dashboard=False, configure_logging=False)
     try:
         runner = EngineRunner(folder, max_batch_size)
@@ -41,7 +45,7 @@ def online_embeddings_direct(folder: str, max_batch_size: int, settings: BenchSe
         with LoadGenerator() as loadgen, \
                 reference_server(folder, max_batch_size) as reference, \
                 raysight_server(folder, "clip", max_batch_size, settings.max_clients,
-                                with_mbs1=False, direct_port=port) as serve_url:
+                                with_mbs1=False, direct=True) as serve_url:
             reference_url = reference.ready()
             results: list[dict] = []
             raysight = _http(loadgen, serve_url, path, "clip", settings, results)
@@ -52,11 +56,19 @@ def online_embeddings_direct(folder: str, max_batch_size: int, settings: BenchSe
                 if clients != split_at:
                     return raysight(clients, seconds)
                 groups = process_groups()
+                relay = relay_for(APP)
+                relay_before, began = relay.cpu_seconds(), time.perf_counter()
                 figures = raysight(clients, seconds, tuple(groups))
-                steady.append(_cpu_outside_replica_steady(results[-1], groups, figures, clients,
-                                                          SCENARIO, VARIANT))
+                relay_cores = (relay.cpu_seconds() - relay_before) / (time.perf_counter() - began)
+                outside = _cpu_outside_replica_steady(results[-1], groups, figures, clients,
+                                                      SCENARIO, VARIANT)
+                # The relay runs in this process (as in `raysight serve`'s): its thread's CPU
+                # over the whole measurement (warm-up included) joins Ray's and Serve's.
+                relay_ms = 1000 * relay_cores / outside["requests_per_s"]
+                steady.append({**outside, "value": round(outside["value"] + relay_ms, 2),
+                               "relay_ms": round(relay_ms, 3)})
                 log(f"  CPU per request outside the model replica: {steady[-1]['value']:.1f} "
-                    "ms in steady state")
+                    f"ms in steady state, {relay_ms:.2f} of it in raysight's relay")
                 return figures
 
             variants = {

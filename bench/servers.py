@@ -52,20 +52,20 @@ def wait_until_up(url: str, timeout_s: float, process: subprocess.Popen | None =
 @contextmanager
 def raysight_server(folder: str, name: str, max_batch_size: int, max_clients: int,
                     batch_wait_s: float | None = None, with_mbs1: bool = True,
-                    num_gpus: float = 0.0, direct_port: int | None = None,
+                    num_gpus: float = 0.0, direct: bool = False,
                     **spec_options) -> Iterator[str]:
     """raysight on the Ray this process runs: model `name` at `max_batch_size` (and
     `batch_wait_s`, default the ModelSpec's) and, `with_mbs1`, `name`-mbs1 at max_batch_size
     1 under the URL's MBS1_PREFIX, each an app of one model (as `raysight serve --model`
     deploys one), both with the default deployment options but `num_gpus` per replica (0.5: the two
-    share one GPU) and other ModelSpec fields in `spec_options`. `direct_port`: the model's
-    replica answers HTTP on it itself (`--direct-ingress`; the Ray must have been started
-    for that port, serve_app/direct_ingress.py)."""
+    share one GPU) and other ModelSpec fields in `spec_options`. `direct`: the model's replica
+    answers HTTP itself behind raysight's relay (`--direct-ingress`; the Ray must have been
+    started for it, serve_app/direct_ingress.py)."""
     from ray import serve
 
     from raysight.spec import ModelSpec
     from serve_app.config import ServeConfig, ServedModel
-    from serve_app.launch import start_serving
+    from serve_app.launch import start_serving, stop_relay
 
     # Room for every client: the 503s of a full queue would be measured as errors. And a
     # replica that may hold every client, as the README advises for a known concurrency:
@@ -73,13 +73,13 @@ def raysight_server(folder: str, name: str, max_batch_size: int, max_clients: in
     deployment = {"max_queued_requests": 4 * max_clients, "max_ongoing_requests": max_clients,
                   "num_gpus": num_gpus}
     wait = {} if batch_wait_s is None else {"batch_wait_timeout_s": batch_wait_s}
-    if direct_port is not None and with_mbs1:
-        raise ValueError("direct ingress serves one app per port: pass with_mbs1=False")
-    port = direct_port or free_port()
+    if direct and with_mbs1:
+        raise ValueError("direct ingress serves one app per Ray: pass with_mbs1=False")
+    port = free_port()
     configs = [ServeConfig(
         models=[ServedModel(spec=ModelSpec(model=folder, name=name, max_batch_size=max_batch_size,
                                            **wait, **spec_options), deployment=deployment)],
-        port=port, app_name=f"bench-{name}", ingress={"direct": direct_port is not None})]
+        port=port, app_name=f"bench-{name}", ingress={"direct": direct})]
     if with_mbs1:  # an app of its own, as `raysight serve` of one model deploys it
         configs.append(ServeConfig(
             models=[ServedModel(spec=ModelSpec(model=folder, name=f"{name}-mbs1",
@@ -92,6 +92,7 @@ def raysight_server(folder: str, name: str, max_batch_size: int, max_clients: in
     finally:
         for config in configs:
             serve.delete(config.app_name)
+            stop_relay(config.app_name)
 
 
 @dataclass

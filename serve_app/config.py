@@ -190,12 +190,11 @@ class IngressOptions(_Frozen):
     )
     direct: bool = Field(
         False,
-        description="The model's replica answers HTTP on `port` itself, without Serve's HTTP "
-        "proxy in between (Ray Serve's direct ingress): less CPU per request on one machine. "
-        "Only for an app of one model with one replica, on raysight's private local Ray "
-        "(`raysight serve` without --address). A lost replica then drops its connections "
-        "instead of answering 503, and the port refuses connections until the replacement "
-        "has loaded its model.",
+        description="The model's replica answers HTTP itself, behind raysight's relay on "
+        "`port`, without Serve's HTTP proxy in between (Ray Serve's direct ingress): less CPU "
+        "per request on one machine. Only for an app of one model with one replica, on "
+        "raysight's private local Ray (`raysight serve` without --address). While a lost "
+        "replica's replacement loads its model, the relay answers JSON 503s.",
     )
 
 

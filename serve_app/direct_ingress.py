@@ -1,16 +1,18 @@
-"""Direct ingress: the model's one replica answers HTTP on the app's port, no proxy between.
+"""Direct ingress: the model's one replica answers HTTP itself, no Serve proxy between.
 
 By default every request crosses Serve's HTTP proxy, then an actor call to the replica: on one
 machine that is ~4-5 CPU-ms a request (README, Benchmarks). Ray Serve 2.60 can instead start
 an HTTP server inside each replica of an app's ingress deployment (its "direct ingress"), which
 in raysight's one-hop app is the model's replica itself. Serve hands those servers ports from a
-range read when Ray's processes start; `process_env` makes that range the one port the user
-asked for, so `raysight serve --direct-ingress --port 8000` answers on 8000 as it always does.
+range read when Ray's processes start; `process_env` makes that range one free loopback port,
+and raysight's relay (serve_app/relay.py) listens on the port the user asked for in front of
+it, so `raysight serve --direct-ingress --port 8000` answers on 8000 as it always does and a
+lost replica is still a JSON 503.
 
 What it takes (checked against Ray 2.60's serve/_private: constants, node_port_manager,
 replica): the settings must be in the environment of Ray's processes, so only a Ray that
 raysight starts can have them; one port means one replica; Serve's own proxy still starts (on
-the head node), so it is moved to another free port on the same host.
+the head node), so it is moved to another free loopback port.
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ import logging
 import socket
 from contextlib import contextmanager
 from typing import Iterator
-
-from raysight.errors import ConfigError
 
 ENABLE_ENV = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
 
@@ -44,10 +44,11 @@ def process_env(port: int) -> dict[str, str]:
     }
 
 
-def proxy_port(host: str) -> int:
-    """A free port for Serve's own proxy, which still starts but must not take the app's."""
+def free_port() -> int:
+    """A free loopback port (for the replica's own server, and for Serve's proxy, which
+    still starts but must not take the app's port)."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1" if host in ("0.0.0.0", "::") else host, 0))
+        sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
@@ -55,7 +56,7 @@ def proxy_port(host: str) -> int:
 def proxy_url_hidden(app_name: str) -> Iterator[None]:
     """While deploying: drop Serve's "Application '<app>' is ready at <URL>." line. Its URL is
     Serve's own proxy on the spare port (it works, through the slower path), printed just
-    before raysight's banner with the replica's; a user would see two URLs and take either."""
+    before raysight's banner with the relay's; a user would see two URLs and take either."""
     serve_logger = logging.getLogger("ray.serve")
     ready = f"Application '{app_name}' is ready"
 
@@ -81,20 +82,3 @@ def replica_port(app_name: str) -> int | None:
             if len(ports) == 1:
                 return ports.pop()
     return None
-
-
-def check_replica_port(app_name: str, port: int) -> None:
-    """Raise ConfigError unless the app's replica answers HTTP on `port` itself."""
-    found = replica_port(app_name)
-    if found == port:
-        return
-    if found is None:
-        raise ConfigError(
-            f"ingress.direct: app {app_name!r} has no replica serving HTTP, so this Ray was "
-            "not started for direct ingress; `raysight serve --direct-ingress` starts one "
-            "that is (it cannot join a running cluster)"
-        )
-    raise ConfigError(
-        f"ingress.direct: app {app_name!r}'s replica serves HTTP on port {found}, not on "
-        f"{port}; this Ray was started for another port"
-    )

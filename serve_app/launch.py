@@ -20,6 +20,7 @@ from raysight.errors import ConfigError, RaysightError
 from raysight.spec import ModelSpec
 from serve_app import direct_ingress
 from serve_app.config import IndexConfig, ServeConfig
+from serve_app.relay import Relay
 
 API_KEY_ENV = "RAYSIGHT_API_KEY"
 
@@ -44,9 +45,10 @@ def start_serving(config: ServeConfig) -> str:
                     fixed_nodes=current_local_ray() is not None)
     direct = config.ingress.direct
     serve.start(
-        # Direct ingress: the replica takes config.port; Serve's proxy goes elsewhere.
-        http_options={"host": config.host,
-                      "port": direct_ingress.proxy_port(config.host) if direct else config.port},
+        # Direct ingress: the replica and Serve's proxy listen on loopback ports of their own;
+        # raysight's relay takes config.host:config.port (serve_app/relay.py).
+        http_options={"host": "127.0.0.1" if direct else config.host,
+                      "port": direct_ingress.free_port() if direct else config.port},
         logging_config=LOGGING_CONFIG,
     )
     # serve.run returns when every replica has loaded its model and passed its health check.
@@ -54,12 +56,46 @@ def start_serving(config: ServeConfig) -> str:
         serve.run(build_app(config), name=config.app_name, route_prefix=config.route_prefix,
                   logging_config=LOGGING_CONFIG)
     if direct:
-        direct_ingress.check_replica_port(config.app_name, config.port)
-        host, port = config.host, config.port
+        host, port = config.host, _start_relay(config)
     else:
         host, port = _proxy_address(config)
     prefix = config.route_prefix.rstrip("/")
     return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}{prefix}"
+
+
+# The relays in front of direct-ingress apps this process started, by app name.
+_relays: dict[str, Relay] = {}
+
+
+def _start_relay(config: ServeConfig) -> int:
+    """Put raysight's relay on config.host:config.port in front of the app's replica; return
+    the port it listens on (config.port, or the one picked for port 0)."""
+    replica_port = direct_ingress.replica_port(config.app_name)
+    if replica_port is None:
+        raise ConfigError(
+            f"ingress.direct: app {config.app_name!r} has no replica serving HTTP, so this Ray "
+            "was not started for direct ingress; `raysight serve --direct-ingress` starts one "
+            "that is (it cannot join a running cluster)")
+    stop_relay(config.app_name)
+    try:
+        relay = Relay(config.host, config.port, replica_port).start()
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}; "
+                          "pick another --port") from exc
+    _relays[config.app_name] = relay
+    return relay.port
+
+
+def relay_for(app_name: str) -> Relay | None:
+    """The relay in front of `app_name`'s replica, if this process started one."""
+    return _relays.get(app_name)
+
+
+def stop_relay(app_name: str) -> None:
+    """Close the relay in front of `app_name`'s replica, if this process started one."""
+    relay = _relays.pop(app_name, None)
+    if relay is not None:
+        relay.stop()
 
 
 def _proxy_address(config: ServeConfig) -> tuple[str, int]:
@@ -98,9 +134,8 @@ def serve_config(config: ServeConfig, ray_address: str | None = None) -> None:
                 f"this command would join the cluster at {address}: Ray's processes there were "
                 "started without it. Drop --address (and $RAY_ADDRESS), or --direct-ingress"
             )
-        if config.port == 0:
-            config = config.model_copy(update={"port": direct_ingress.proxy_port(config.host)})
-        ray_env = direct_ingress.process_env(config.port)
+        # The replica's own server takes a free loopback port; the relay takes config.port.
+        ray_env = direct_ingress.process_env(direct_ingress.free_port())
     if not ray.is_initialized():
         if not joined:
             from serve_app.proxy_edge import install
@@ -157,6 +192,8 @@ def _stop_serving(config: ServeConfig, joined: bool) -> None:
         serve.delete(config.app_name)
     except Exception:  # noqa: BLE001 - the app may never have been deployed
         logger.warning("could not delete app %r", config.app_name, exc_info=True)
+    finally:
+        stop_relay(config.app_name)  # it passed the replica's refusals on while it drained
     if not joined:
         serve.shutdown()
 
@@ -208,9 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="on SIGTERM or Ctrl-C, how long requests in flight may run "
                         "before the app stops (default 30)")
     parser.add_argument("--direct-ingress", action="store_true",
-                        help="the model's replica answers HTTP on --port itself, without "
-                        "Serve's proxy (less CPU per request; one model, one replica, private "
-                        "local Ray only; see README)")
+                        help="the model's replica answers HTTP itself behind raysight's relay "
+                        "on --port, without Serve's proxy (less CPU per request; one model, "
+                        "one replica, private local Ray only; see README)")
     parser.add_argument("--address",
                         help="Ray cluster to join ('auto', 'HOST:6379', 'ray://HOST:10001'); "
                         "default: $RAY_ADDRESS, else a private local Ray. Stopping a command "

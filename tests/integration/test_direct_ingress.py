@@ -1,7 +1,8 @@
-"""`raysight serve --direct-ingress` (serve_app/direct_ingress.py): the model's replica itself
-listens on --port, answers the API as through the proxy, its replacement takes the same port
-when it is lost, and a SIGTERM finishes the requests in flight while refusing new ones. Its own
-private Ray, in a subprocess."""
+"""`raysight serve --direct-ingress` (serve_app/direct_ingress.py): the model's replica answers
+HTTP itself, behind raysight's relay on --port (serve_app/relay.py), and answers the API as
+through the proxy; while it is lost, requests get JSON 503s, and its replacement answers on the
+same port; a SIGTERM finishes the requests in flight while refusing new ones. Its own private
+Ray, in a subprocess."""
 
 from __future__ import annotations
 
@@ -26,12 +27,19 @@ RAYSIGHT = str(Path(sys.executable).with_name("raysight"))
 START_DEADLINE_S = 240
 
 
-def _listener_of(port: int) -> psutil.Process | None:
-    """The process listening on 127.0.0.1:`port`, if any."""
+def _listeners() -> dict[int, psutil.Process]:
+    """port -> the process listening on it, of every TCP listener."""
+    found = {}
     for conn in psutil.net_connections(kind="tcp"):
-        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
-            return psutil.Process(conn.pid)
-    return None
+        if conn.status == psutil.CONN_LISTEN and conn.pid:
+            found[conn.laddr.port] = psutil.Process(conn.pid)
+    return found
+
+
+def _replica_listening() -> psutil.Process | None:
+    """The model replica's process, once it listens on a port (its own HTTP server)."""
+    return next((process for process in _listeners().values()
+                 if process.name().startswith("ray::ServeReplica")), None)
 
 
 def _refused_while(url: str, holding) -> "httpx.Response | None":
@@ -77,11 +85,13 @@ def test_the_replica_answers_on_the_port_and_a_sigterm_finishes_requests_in_flig
         wait_for_banner(server, log, START_DEADLINE_S)
         banner = log.read_text(errors="replace")
         assert f"at http://127.0.0.1:{port} " in banner
-        # The one URL shown is the replica's: Serve's line with its own proxy's is dropped.
+        # The one URL shown is the relay's: Serve's line with its own proxy's is dropped.
         assert "is ready at" not in banner, banner[-2000:]
-        # No proxy in between: the socket on --port is the model replica's own.
-        replica = _listener_of(port)
-        assert replica is not None and replica.name().startswith("ray::ServeReplica"), replica
+        # No Serve proxy in between: --port is raysight's relay, in the command's own
+        # process, and the replica serves HTTP on a loopback port of its own.
+        assert _listeners()[port].pid == server.pid
+        replica = _replica_listening()
+        assert replica is not None
         url = f"http://127.0.0.1:{port}"
         answer = httpx.post(url + "/v1/embeddings", json=image_body(1), timeout=120)
         assert answer.status_code == 200, answer.text
@@ -93,15 +103,21 @@ def test_the_replica_answers_on_the_port_and_a_sigterm_finishes_requests_in_flig
         assert refused.status_code == 400 and "error" in refused.json()
         assert httpx.get(url + "/v1/models", timeout=30).json()["data"][0]["id"] == "shapes-clip"
 
-        # A lost replica: its replacement takes the same port as soon as it has loaded.
+        # A lost replica: requests get the API's JSON 503 until its replacement has loaded,
+        # which then answers on the same port.
         replica.kill()
+        replica.wait(30)
+        lost = httpx.post(url + "/v1/embeddings", json=image_body(2), timeout=120)
+        assert lost.status_code == 503 and lost.headers["retry-after"] == "1", lost.text
+        assert lost.json()["error"]["code"] == "replica_lost"
         deadline = time.monotonic() + START_DEADLINE_S
-        while (_listener_of(port) or replica).pid == replica.pid:
-            assert time.monotonic() < deadline, "no replacement replica took the port"
-            time.sleep(0.5)  # Serve notices the death and starts a replica: nothing to wait on
-        assert _listener_of(port).name().startswith("ray::ServeReplica")
-        again = httpx.post(url + "/v1/embeddings", json=image_body(2), timeout=120)
+        while (again := httpx.post(url + "/v1/embeddings", json=image_body(3),
+                                   timeout=120)).status_code == 503:
+            assert again.json()["error"]["code"] == "replica_lost", again.text
+            assert time.monotonic() < deadline, "no replacement replica answered"
+            time.sleep(0.5)  # Serve starts a replica; its readiness shows in the answers
         assert again.status_code == 200, again.text
+        assert _replica_listening().pid != replica.pid
 
         # Requests in flight at a SIGTERM are answered before the replica stops; one that
         # comes once it is stopping is refused at once with a JSON 503.
