@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -188,13 +188,15 @@ class IngressOptions(_Frozen):
         "themselves (one Ray hop per request instead of two) and these ingress options do not "
         "apply. An app of several models always has the ingress.",
     )
-    direct: bool = Field(
-        False,
-        description="The model's replica answers HTTP itself, behind raysight's relay on "
-        "`port`, without Serve's HTTP proxy in between (Ray Serve's direct ingress): less CPU "
-        "per request on one machine. Only for an app of one model with one replica, on "
-        "raysight's private local Ray (`raysight serve` without --address). While a lost "
-        "replica's replacement loads its model, the relay answers JSON 503s.",
+    direct: bool | Literal["auto"] = Field(
+        "auto",
+        description="Whether the model's replica answers HTTP itself, without Serve's HTTP "
+        "proxy in between (Ray Serve's direct ingress, behind raysight's relay on `port`): "
+        "about half the CPU per request outside the model on one machine. `auto` (the "
+        "default): yes when `raysight serve` starts its private local Ray for an app of one "
+        "model with one replica, else Serve's proxy (a joined cluster, several models or "
+        "replicas, autoscaling, and apps deployed from Python with start_serving). `true` "
+        "asks for it (refused where it cannot apply); `false` keeps Serve's proxy.",
     )
 
 
@@ -287,10 +289,27 @@ class ServeConfig(_Frozen):
             )
         return self
 
+    def direct_ingress_fits(self) -> bool:
+        """Whether this app can have direct ingress: one model, no separate ingress, one
+        replica and no autoscaling (one port on the replica)."""
+        if len(self.models) > 1 or self.ingress.separate:
+            return False
+        deployment = self.models[0].deployment
+        return deployment.num_replicas == 1 and not deployment.autoscaling_config
+
+    def with_direct_ingress_resolved(self, private_ray: bool) -> "ServeConfig":
+        """This config with `ingress.direct` true or false: `auto` is true when this app
+        fits (`direct_ingress_fits`) and runs on a private Ray started for it."""
+        if self.ingress.direct != "auto":
+            return self
+        direct = private_ray and self.direct_ingress_fits()
+        return self.model_copy(update={
+            "ingress": self.ingress.model_copy(update={"direct": direct})})
+
     @model_validator(mode="after")
     def _direct_ingress_fits(self) -> "ServeConfig":
         """Direct ingress pins the one replica to `port`: one model, one replica."""
-        if not self.ingress.direct:
+        if self.ingress.direct is not True:
             return self
         if len(self.models) > 1 or self.ingress.separate:
             raise ValueError(

@@ -2,7 +2,8 @@
 case, ``start_serving`` for callers (tests, notebooks) that keep control.
 
     raysight serve --model builtin:shapes-vlm --model builtin:shapes-clip [--port 8000]
-                   [--index DIR] [--api-key KEY] [--serve-config FILE.yaml] [--direct-ingress]
+                   [--index DIR] [--api-key KEY] [--serve-config FILE.yaml]
+                   [--direct-ingress | --no-direct-ingress]
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ def start_serving(config: ServeConfig) -> str:
     # here, before Serve waits on it forever.
     check_placement(config, nodes_from_ray(ray.nodes()),
                     fixed_nodes=current_local_ray() is not None)
-    direct = config.ingress.direct
+    # `auto` is resolved by `raysight serve` (serve_config), which starts the Ray for it;
+    # an app deployed here on a Ray started otherwise goes through Serve's proxy.
+    direct = config.ingress.direct is True
     serve.start(
         # Direct ingress: the replica and Serve's proxy listen on loopback ports of their own;
         # raysight's relay takes config.host:config.port (serve_app/relay.py).
@@ -127,6 +130,9 @@ def serve_config(config: ServeConfig, ray_address: str | None = None) -> None:
     joined = address != LOCAL
     local = None
     ray_env = {}
+    # `ingress.direct: auto` is direct ingress exactly when this command starts the Ray.
+    config = config.with_direct_ingress_resolved(
+        private_ray=not joined and not ray.is_initialized())
     if config.ingress.direct:
         if joined:
             raise ConfigError(
@@ -178,7 +184,7 @@ def _stop_serving(config: ServeConfig, joined: bool) -> None:
         if not joined:
             serve.shutdown()
         return
-    if config.ingress.direct:
+    if config.ingress.direct is True:
         try:
             # The replica's own server stays open while it drains: refuse new requests first.
             serve.get_app_handle(config.app_name).stop_admitting.remote().result(
@@ -244,10 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--drain-timeout", type=float, default=None, metavar="SECONDS",
                         help="on SIGTERM or Ctrl-C, how long requests in flight may run "
                         "before the app stops (default 30)")
-    parser.add_argument("--direct-ingress", action="store_true",
+    parser.add_argument("--direct-ingress", action=argparse.BooleanOptionalAction,
+                        default=None,
                         help="the model's replica answers HTTP itself behind raysight's relay "
-                        "on --port, without Serve's proxy (less CPU per request; one model, "
-                        "one replica, private local Ray only; see README)")
+                        "on --port, without Serve's proxy (about half the CPU per request "
+                        "outside the model). Default: on when serving one model with one "
+                        "replica on the private local Ray, else off; --no-direct-ingress keeps "
+                        "Serve's proxy (see README)")
     parser.add_argument("--address",
                         help="Ray cluster to join ('auto', 'HOST:6379', 'ray://HOST:10001'); "
                         "default: $RAY_ADDRESS, else a private local Ray. Stopping a command "
@@ -269,8 +278,8 @@ def config_from_arguments(args: argparse.Namespace) -> ServeConfig:
             data["drain_timeout_s"] = args.drain_timeout
         if args.api_key:
             data.setdefault("api_key", args.api_key)
-        if args.direct_ingress:
-            data["ingress"] = {**(data.get("ingress") or {}), "direct": True}
+        if args.direct_ingress is not None:
+            data["ingress"] = {**(data.get("ingress") or {}), "direct": args.direct_ingress}
         return ServeConfig.from_mapping(data, source=args.serve_config)
     models = [(model, None) for model in args.model or []]
     models += [(None, config) for config in args.config or []]
@@ -278,7 +287,8 @@ def config_from_arguments(args: argparse.Namespace) -> ServeConfig:
         raise RaysightError("give at least one --model (or --config, or --serve-config)")
     specs = [spec_from_arguments(args, model, config) for model, config in models]
     drain = {} if args.drain_timeout is None else {"drain_timeout_s": args.drain_timeout}
-    ingress = {"ingress": {"direct": True}} if args.direct_ingress else {}
+    ingress = {} if args.direct_ingress is None else {
+        "ingress": {"direct": args.direct_ingress}}
     return ServeConfig.for_specs(
         specs, host=args.host, port=args.port, api_key=args.api_key,
         indexes=[IndexConfig(path=path) for path in args.index], **drain, **ingress,

@@ -178,3 +178,32 @@ def test_direct_ingress_is_refused_before_joining_a_cluster(capsys):
     assert code == 2
     assert "--direct-ingress (ingress.direct) needs raysight's private local Ray" in (
         capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("models, ingress, private, expected", [
+    ([{"model": "a"}], {}, True, True),  # `raysight serve --model a`: the relay path
+    ([{"model": "a"}], {}, False, False),  # a joined cluster: Serve's proxy
+    ([{"model": "a"}, {"model": "b"}], {}, True, False),  # an ingress deployment
+    ([{"model": "a"}], {"separate": True}, True, False),
+    ([{"model": "a", "deployment": {"num_replicas": 2}}], {}, True, False),
+    ([{"model": "a", "deployment": {"autoscaling_config": {"min_replicas": 1,
+                                                          "max_replicas": 2}}}], {}, True, False),
+    ([{"model": "a"}], {"direct": False}, True, False),
+    ([{"model": "a"}], {"direct": True}, True, True),
+])
+def test_direct_ingress_auto_is_direct_for_one_replica_on_a_private_ray(
+        models, ingress, private, expected):
+    from serve_app.config import ServeConfig
+
+    config = ServeConfig.from_mapping({"models": models, "ingress": ingress})
+    assert config.ingress.direct == ingress.get("direct", "auto")
+    assert config.with_direct_ingress_resolved(private).ingress.direct is expected
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ([], "auto"), (["--direct-ingress"], True), (["--no-direct-ingress"], False)])
+def test_the_direct_ingress_flags(flags, expected):
+    from serve_app.launch import build_parser, config_from_arguments
+
+    args = build_parser().parse_args(["--model", "builtin:shapes-clip", *flags])
+    assert config_from_arguments(args).ingress.direct == expected
