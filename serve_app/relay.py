@@ -72,6 +72,7 @@ class _Link:
         self.early: list[bytes] = []  # client bytes sent before the replica connection opened
         self.replica_gone = False
         self.opened = False  # the replica connection was opened (it may be closed since)
+        self.client_done = False  # the client half-closed its side after its request
         self.awaiting = False  # the client sent bytes that have no complete response yet
         self.responding = False  # a response has begun and not ended
         self.event_stream = False  # ...and it is a chunked text/event-stream
@@ -124,10 +125,21 @@ class _Link:
             self.client.write(data)
 
     def replica_connected(self, transport: asyncio.Transport) -> None:
+        if self.client is None:  # the client left while this connection opened
+            transport.close()
+            return
         self.replica, self.opened = transport, True
         if self.early:
             transport.write(b"".join(self.early))
             self.early.clear()
+        if self.client_done:
+            transport.write_eof()
+
+    def client_eof(self) -> None:
+        """The client finished sending (a half-close): pass it on, keep the answer coming."""
+        self.client_done = True
+        if self.replica is not None and self.replica.can_write_eof():
+            self.replica.write_eof()
 
     def replica_lost(self) -> None:
         """The replica's connection closed (or never opened): end the client's as it stands."""
@@ -167,6 +179,10 @@ class _ClientSide(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.link.from_client(data)
+
+    def eof_received(self) -> bool:
+        self.link.client_eof()
+        return True  # keep the connection open for the answer
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.relay.links.discard(self.link)
@@ -279,6 +295,8 @@ class Relay:
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout_s)
+            if not self._thread.is_alive():
+                self._loop.close()
 
     def cpu_seconds(self) -> float | None:
         """CPU seconds the relay's thread has used (user + system), None where the system

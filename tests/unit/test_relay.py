@@ -107,6 +107,20 @@ def test_requests_and_answers_pass_through_on_one_kept_alive_connection(upstream
     assert relay.lost_answers == 0
 
 
+def test_a_client_that_half_closes_after_its_request_still_gets_the_answer(upstream,
+                                                                         relay_to):
+    relay = relay_to(upstream.port)
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=30) as client:
+        client.sendall(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello")
+        client.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := client.recv(65536):
+            reply += chunk
+            if reply.endswith(b"hello"):
+                break
+    assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"\r\n\r\nhello"), reply
+
+
 def test_a_request_whose_server_dies_gets_the_json_503(upstream, relay_to):
     relay = relay_to(upstream.port)
     answer = _dies_while(upstream, "/hang",
