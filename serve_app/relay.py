@@ -31,15 +31,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
+import os
 import socket
 import threading
 import time
-from typing import Callable
+
+import httptools
 
 from serve_app.proxy_edge import LOST_BODY, RETRY_AFTER_S
-
-logger = logging.getLogger(__name__)
 
 # Idle client connections are closed after this long (Serve's replica server keeps one 90 s).
 IDLE_CLOSE_S = 60.0
@@ -78,8 +77,6 @@ class _Link:
         self.event_stream = False  # ...and it is a chunked text/event-stream
         self.in_chunk = False  # ...and the bytes passed on end inside one of its chunks
         self.last_active = time.monotonic()
-        import httptools
-
         self.parser: object | None = httptools.HttpResponseParser(self)
 
     # httptools callbacks on the replica's bytes
@@ -167,10 +164,33 @@ class _Link:
             self.replica.close()
 
 
-class _ClientSide(asyncio.Protocol):
+class _Side(asyncio.Protocol):
+    """One of a link's two connections. Flow control: while this side's peer reads slower than
+    the other side writes, the other side is not read."""
+
+    link: _Link
+
+    def _other(self) -> asyncio.Transport | None:
+        raise NotImplementedError
+
+    def pause_writing(self) -> None:
+        other = self._other()
+        if other is not None:
+            other.pause_reading()
+
+    def resume_writing(self) -> None:
+        other = self._other()
+        if other is not None:
+            other.resume_reading()
+
+
+class _ClientSide(_Side):
     def __init__(self, relay: "Relay"):
         self.link = _Link(relay)
         self.relay = relay
+
+    def _other(self) -> asyncio.Transport | None:
+        return self.link.replica
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.link.client = transport
@@ -188,19 +208,13 @@ class _ClientSide(asyncio.Protocol):
         self.relay.links.discard(self.link)
         self.link.client_lost()
 
-    # The client reads slower than the replica writes: stop reading the replica meanwhile.
-    def pause_writing(self) -> None:
-        if self.link.replica is not None:
-            self.link.replica.pause_reading()
 
-    def resume_writing(self) -> None:
-        if self.link.replica is not None:
-            self.link.replica.resume_reading()
-
-
-class _ReplicaSide(asyncio.Protocol):
+class _ReplicaSide(_Side):
     def __init__(self, link: _Link):
         self.link = link
+
+    def _other(self) -> asyncio.Transport | None:
+        return self.link.client
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.link.replica_connected(transport)
@@ -210,14 +224,6 @@ class _ReplicaSide(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.link.replica_lost()
-
-    def pause_writing(self) -> None:
-        if self.link.client is not None:
-            self.link.client.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.link.client is not None:
-            self.link.client.resume_reading()
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -233,11 +239,11 @@ class Relay:
     127.0.0.1:`replica_port` (see the module docstring). `start()` returns once it listens
     (or raises OSError when the port is taken); `stop()` closes it and every connection."""
 
-    def __init__(self, host: str, port: int, replica_port: int,
-                 on_error: Callable[[str], None] | None = None):
+    def __init__(self, host: str, port: int, replica_port: int):
         self.host, self.port, self.replica_port = host, port, replica_port
         self.links: set[_Link] = set()
         self.lost_answers = 0  # JSON 503s the relay answered for a lost replica
+        self._connecting: set[asyncio.Task] = set()  # held: the loop keeps only weak references
         self._loop = _new_loop()
         self._server: asyncio.base_events.Server | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, name="raysight-relay",
@@ -275,7 +281,9 @@ class Relay:
             except OSError:  # no replica listens: it is lost, its replacement is loading
                 link.replica_lost()
 
-        self._loop.create_task(connect())
+        task = self._loop.create_task(connect())
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop listening, close every connection and end the relay's thread."""
@@ -301,8 +309,6 @@ class Relay:
     def cpu_seconds(self) -> float | None:
         """CPU seconds the relay's thread has used (user + system), None where the system
         does not say (read from Linux's /proc)."""
-        import os
-
         try:
             with open(f"/proc/self/task/{self._thread.native_id}/stat", encoding="ascii") as stat:
                 fields = stat.read().rsplit(")", 1)[1].split()
