@@ -22,7 +22,10 @@ batch waits for n more requests than were waiting when it ended, because the cli
 answered are likely to be sending again. Without it, closed-loop clients lock into
 alternating batches for good: measured in the benchmark, 32 chat clients ran batches of
 1, 31, 1, 31, ... and 8 clients split into two batches of 4, each batch a whole prefill and
-decode pass. Clients that came back in time but are still being prepared when the refill
+decode pass. The moment is a quarter of the batch's run time: with a tenth, 8 embedding
+clients through Serve's proxy (whose hop spreads their return over more than a tenth of a
+~280 ms batch) split into batches of 4 (mean 4.0-4.25, 18.4-19.1 images/s); with a quarter
+they stayed one batch of 8 (22.4-23.6 images/s; scratch A/B on 2 cores, 2026-12-01). Clients that came back in time but are still being prepared when the refill
 ends (a batch's worth of images is decoded one after another) are waited for as well, up to
 the wait for requests being prepared. Independent users (an open loop) do not come back,
 and waiting for them would
@@ -69,7 +72,7 @@ class _Waiting:
 
 
 # Share of a batch's run time that the next batch may wait to refill (see the module doc).
-REFILL_FRACTION = 0.1
+REFILL_FRACTION = 0.25
 # Share of the last batch's run time that a batch may wait for requests being prepared.
 PREPARE_WAIT_FRACTION = 0.25
 # Refill credit: a failed refill costs this much, a batch that did not try earns back this.

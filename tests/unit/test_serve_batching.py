@@ -168,8 +168,8 @@ def test_refill_merges_clients_that_were_answered_in_alternating_batches(first):
 
 def test_refill_waits_for_returning_clients_still_being_prepared():
     """8 closed-loop clients whose requests are prepared one after another (6 ms each: the
-    last is ready ~48 ms after the answers, past the refill's 30 ms of a 300 ms batch) stay
-    one batch of 8 instead of splitting into cohorts."""
+    last is ready ~48 ms after the answers, past a refill of 30 ms, 0.1 of a 300 ms batch)
+    stay one batch of 8 instead of splitting into cohorts."""
     import time
 
     ended = [time.monotonic()]  # when the model last finished a batch
@@ -183,7 +183,9 @@ def test_refill_waits_for_returning_clients_still_being_prepared():
         sizes: list[int] = []
         late: list[bool] = []  # per batch: its last request came after the refill window
         submitted: list[float] = []
-        batcher = DrainBatcher(model, max_batch_size=8)
+        # A refill shorter than the preparations: what completes the batches is the wait
+        # for requests being prepared, not the refill window (the default's 0.25 would be).
+        batcher = DrainBatcher(model, max_batch_size=8, refill_fraction=0.1)
 
         def on_batch(size, waits):
             sizes.append(size)
