@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from contextlib import nullcontext
@@ -83,10 +84,27 @@ def _start_relay(config: ServeConfig) -> int:
     try:
         relay = Relay(config.host, config.port, replica_port).start()
     except OSError as exc:
-        raise ConfigError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}; "
-                          "pick another --port") from exc
+        raise _port_taken(config, exc) from exc
     _relays[config.app_name] = relay
     return relay.port
+
+
+def _port_taken(config: ServeConfig, error: OSError) -> ConfigError:
+    return ConfigError(f"cannot listen on {config.host}:{config.port}: "
+                       f"{error.strerror or error}; pick another --port")
+
+
+def _check_port_free(config: ServeConfig) -> None:
+    """Refuse a taken port before Ray starts: the relay binds it only once the model has
+    loaded, seconds later (Serve's proxy, on the other path, reports its own)."""
+    if config.port == 0:
+        return
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    try:
+        with socket.create_server((config.host, config.port), family=family):
+            pass
+    except OSError as exc:
+        raise _port_taken(config, exc) from exc
 
 
 def relay_for(app_name: str) -> Relay | None:
@@ -141,6 +159,7 @@ def serve_config(config: ServeConfig, ray_address: str | None = None) -> None:
                 "started without it. Drop --address (and $RAY_ADDRESS), or --direct-ingress"
             )
         # The replica's own server takes a free loopback port; the relay takes config.port.
+        _check_port_free(config)
         ray_env = direct_ingress.process_env(direct_ingress.free_port())
     if not ray.is_initialized():
         if not joined:

@@ -207,3 +207,18 @@ def test_the_direct_ingress_flags(flags, expected):
 
     args = build_parser().parse_args(["--model", "builtin:shapes-clip", *flags])
     assert config_from_arguments(args).ingress.direct == expected
+
+
+def test_a_taken_port_is_refused_before_ray_starts(capsys):
+    import socket
+    import time
+
+    from serve_app.launch import serve_command
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        began = time.monotonic()
+        code = serve_command(["--model", "builtin:shapes-clip", "--direct-ingress",
+                              "--port", str(port)])
+    assert code == 2 and time.monotonic() - began < 5  # no Ray, no model load
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
