@@ -1,9 +1,11 @@
-"""Online embeddings with `--direct-ingress` (serve_app/direct_ingress.py): the model's replica
-answers HTTP itself, no Serve proxy in between, against the same in-process ceiling and
-single-process reference as `online_embeddings`, at the same client counts.
+"""Online embeddings by the default path of `raysight serve` of one model on its private Ray:
+direct ingress (serve_app/direct_ingress.py), the model's replica answering HTTP itself behind
+raysight's relay (serve_app/relay.py, here in this process), no Serve proxy in between, against
+the same in-process ceiling and single-process reference as `online_embeddings` (the proxy
+path), at the same client counts.
 
 Direct ingress is set when Ray's processes start, so this scenario starts a private Ray of its
-own, after the shared one has stopped (bench/runner.py): its figures sit beside the default
+own, after the shared one has stopped (bench/runner.py): its figures sit beside the proxy
 path's of the same run, not inside one Ray with it.
 """
 
