@@ -18,7 +18,7 @@ LABELS = {
     "flask": "Flask + ThreadPoolExecutor",
     "reference": "single-process batching server (asyncio, no Ray)",
     "raysight_mbs1": "raysight, max_batch_size=1",
-    "raysight_direct": "raysight --direct-ingress (no Serve proxy)",
+    "raysight_direct": "raysight, direct ingress behind the relay (no Serve proxy)",
 }
 
 

@@ -72,11 +72,12 @@ def render(payload: dict) -> str:
     parts = ["Targets (ratios are measured side by side in one run):", "",
              targets_table(payload), ""]
     if "online_embeddings" in by_scenario:
-        parts += ["Online embeddings (`/v1/embeddings`, one 224 px JPEG per request):", "",
+        parts += ["Online embeddings (`/v1/embeddings`, one 224 px JPEG per request; each "
+                  "raysight app through Serve's proxy):", "",
                   online_table(rows, "online_embeddings", "throughput", "img/s"), ""]
     if "online_embeddings_direct" in by_scenario:
-        parts += ["Online embeddings with `raysight serve --direct-ingress` (its own Ray, right "
-                  "after; its own ceiling and reference):", "",
+        parts += ["Online embeddings with direct ingress, `raysight serve`'s default for one "
+                  "model (its own Ray, right after; its own ceiling and reference):", "",
                   online_table(rows, "online_embeddings_direct", "throughput", "img/s"), ""]
     if "online_generation" in by_scenario:
         parts += ["Online generation (chat completion, one image, 16 new tokens):", "",
