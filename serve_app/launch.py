@@ -12,7 +12,6 @@ import argparse
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 from contextlib import nullcontext
@@ -22,7 +21,7 @@ from raysight.errors import ConfigError, RaysightError
 from raysight.spec import ModelSpec
 from serve_app import direct_ingress
 from serve_app.config import IndexConfig, ServeConfig
-from serve_app.relay import Relay
+from serve_app.relay import Relay, listening_socket
 
 API_KEY_ENV = "RAYSIGHT_API_KEY"
 
@@ -99,10 +98,8 @@ def _check_port_free(config: ServeConfig) -> None:
     loaded, seconds later (Serve's proxy, on the other path, reports its own)."""
     if config.port == 0:
         return
-    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
     try:
-        with socket.create_server((config.host, config.port), family=family):
-            pass
+        listening_socket(config.host, config.port).close()
     except OSError as exc:
         raise _port_taken(config, exc) from exc
 

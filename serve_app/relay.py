@@ -30,7 +30,6 @@ connection would otherwise look like a lost replica. The relay runs on an event 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
 import threading
@@ -49,16 +48,26 @@ _LOST_RESPONSE = (
     b"retry-after: " + str(RETRY_AFTER_S).encode() + b"\r\nconnection: close\r\n\r\n" + LOST_BODY)
 
 
-def _stream_end(message: bytes) -> bytes:
-    """The last chunks of an event stream cut short: an error event, then [DONE]."""
-    events = b"data: " + message + b"\n\ndata: [DONE]\n\n"
+def _stream_end() -> bytes:
+    """The last chunk of an event stream cut short, in the app's own events (its ChunkWriter):
+    a `replica_lost` error event, then [DONE]; then the chunked body's end."""
+    from serve_app.gateway import ReplicaLost
+    from serve_app.openai_api import ChunkWriter, error_body
+
+    lost = ReplicaLost("the model replica running this request was lost (it died or was "
+                       "restarted) while it streamed its answer; the request was not retried",
+                       RETRY_AFTER_S)
+    events = (ChunkWriter.error(error_body(lost)) + ChunkWriter.done()).encode()
     return f"{len(events):x}\r\n".encode() + events + b"\r\n0\r\n\r\n"
 
 
-_LOST_STREAM_END = _stream_end(json.dumps({"error": {
-    **json.loads(LOST_BODY)["error"],
-    "message": "the model replica running this request was lost (it died or was restarted) "
-               "while it streamed its answer; the request was not retried"}}).encode())
+_LOST_STREAM_END = _stream_end()
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket listening on `host`:`port` (IPv6 when the host is); OSError when taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=1024)
 
 
 class _Link:
@@ -251,9 +260,7 @@ class Relay:
 
     def start(self) -> "Relay":
         try:
-            listening = socket.create_server((self.host, self.port), backlog=1024,
-                                             family=socket.AF_INET6 if ":" in self.host
-                                             else socket.AF_INET)
+            listening = listening_socket(self.host, self.port)
         except OSError:
             self._loop.close()
             raise
