@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -333,8 +334,12 @@ class GenerationScheduler:
 
     def _deliver(self, sequence: Sequence, result: Any) -> None:
         self.finished[getattr(result, "finish_reason", "error")] += 1
+        stats = sequence.admitted
+        if stats.batch_size:  # it ran (not refused or answered from the cache while waiting)
+            ran = time.monotonic() - sequence.submitted - stats.queue_wait_s
+            stats = dataclasses.replace(stats, run_s=max(0.0, ran))
         try:
-            sequence.on_done(result, sequence.admitted)
+            sequence.on_done(result, stats)
         except Exception:  # noqa: BLE001 - a broken callback must not stop the others
             logger.exception("on_done callback failed")
 

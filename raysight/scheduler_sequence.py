@@ -12,10 +12,12 @@ from raysight.engines.generate import IncrementalText, PreparedChat
 @dataclass(frozen=True)
 class SequenceStats:
     """What one request saw: the size of the running batch it joined (with everyone
-    admitted in the same step) and how long it waited to join."""
+    admitted in the same step), how long it waited to join, and how long it then ran (its
+    prefill and decode steps, shared with the batch, until its answer)."""
 
     batch_size: int
     queue_wait_s: float
+    run_s: float = 0.0
 
 
 # Called once per request, from the model thread: (GenerateResult or RaysightError, stats).

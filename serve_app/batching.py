@@ -58,10 +58,12 @@ Out = TypeVar("Out")
 
 @dataclass(frozen=True)
 class BatchStats:
-    """What one item saw: the size of the batch it ran in and how long it waited for it."""
+    """What one item saw: the size of the batch it ran in, how long it waited for it, and how
+    long that batch ran on the model thread."""
 
     batch_size: int
     queue_wait_s: float
+    run_s: float = 0.0
 
 
 @dataclass
@@ -293,9 +295,10 @@ class DrainBatcher(Generic[In, Out]):
                 if not waiting.future.done():
                     waiting.future.set_exception(exc)
             return
+        run_s = self._last_run_s
         for waiting, result, wait in zip(batch, results, waits):
             if not waiting.future.done():
-                waiting.future.set_result((result, BatchStats(len(batch), wait)))
+                waiting.future.set_result((result, BatchStats(len(batch), wait, run_s)))
 
     def close(self) -> None:
         """Stop the worker and the model thread (pending callers get CancelledError)."""

@@ -37,7 +37,8 @@ class ModelStuck(RuntimeError):
 
 @dataclass
 class Served:
-    """A model's answer to one request, and the batch it ran in (0 if it never reached one).
+    """A model's answer to one request, and the batch it ran in (0 if it never reached one):
+    its size, how long the request waited for it and how long it ran on the model.
 
     ``result`` is the engine's result (GenerateResult, Embedding, Classification) or the
     RaysightError that this request alone ran into.
@@ -46,6 +47,7 @@ class Served:
     result: Any
     batch_size: int = 0
     queue_wait_s: float = 0.0
+    model_s: float = 0.0
 
     @property
     def error(self) -> RaysightError | None:
@@ -276,7 +278,7 @@ class ModelServer:
         except asyncio.CancelledError:
             gone.set()  # Serve cancelled the request: its client disconnected
             raise
-        return Served(result, stats.batch_size, stats.queue_wait_s)
+        return Served(result, stats.batch_size, stats.queue_wait_s, stats.run_s)
 
     def __del__(self) -> None:
         batcher = getattr(self, "batcher", None)

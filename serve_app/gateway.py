@@ -100,10 +100,18 @@ class LocalClient:
 
 @dataclass
 class Reply:
-    """A JSON answer and the largest model batch that produced it (for a response header)."""
+    """A JSON answer and, for its response headers, the largest model batch that produced it,
+    the longest its inputs waited for their batches and the longest those batches ran."""
 
     body: dict[str, Any]
     batch_size: int = 0
+    queue_wait_s: float = 0.0
+    model_s: float = 0.0
+
+    @classmethod
+    def served(cls, body: dict[str, Any], *answers: Served) -> "Reply":
+        return cls(body, max(a.batch_size for a in answers),
+                   max(a.queue_wait_s for a in answers), max(a.model_s for a in answers))
 
 
 def _check(served: Served) -> Any:
@@ -240,7 +248,7 @@ class Gateway:
         request = body.to_generate_request()
         name = await self.model_for(body.model, "generate")
         served: Served = await self.client(name).call("generate", request)
-        return Reply(chat_completion(_check(served), name), served.batch_size)
+        return Reply.served(chat_completion(_check(served), name), served)
 
     async def chat_stream(self, body: ChatCompletionRequest) -> AsyncIterator[str]:
         """Server-sent events for a streamed chat. Raises before the first event if the
@@ -292,7 +300,7 @@ class Gateway:
         request = body.to_generate_request()
         name = await self.model_for(body.model, "generate")
         served: Served = await self.client(name).call("generate", request)
-        return Reply({"output": _check(served).text}, served.batch_size)
+        return Reply.served({"output": _check(served).text}, served)
 
     # -- embed ---------------------------------------------------------------------------
     async def embeddings(self, body: EmbeddingsRequest) -> Reply:
@@ -310,18 +318,18 @@ class Gateway:
             tokens += served.result.tokens
         body_out = {"object": "list", "data": data, "model": name,
                     "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
-        return Reply(body_out, max(served.batch_size for served in results))
+        return Reply.served(body_out, *results)
 
     async def classify(self, body: ClassifyRequest) -> Reply:
         name = await self.model_for(body.model, "embed")
         [served] = await self.client(name).call("embed", [body.to_embed_request()])
         result = _check(served)
         scores = sorted(zip(result.labels, result.probs), key=lambda pair: -pair[1])
-        return Reply({
+        return Reply.served({
             "model": name,
             "label": result.label,
             "scores": [{"label": label, "score": prob} for label, prob in scores],
-        }, served.batch_size)
+        }, served)
 
     async def search(self, body: SearchRequest) -> Reply:
         index_name, (index_config, index) = self.index(body.index)
@@ -329,11 +337,11 @@ class Gateway:
         [served] = await self.client(name).call("embed", [body.to_embed_request()])
         vector = _check(served).vector
         [hits] = await asyncio.to_thread(index.search, vector, body.k)
-        return Reply({
+        return Reply.served({
             "index": index_name,
             "model": name,
             "results": [{"id": hit.id, "score": hit.score} for hit in hits],
-        }, served.batch_size)
+        }, served)
 
     def index(self, requested: str | None):
         """(name, (IndexConfig, VectorIndex)) of the index a request names, or the only one."""

@@ -51,6 +51,7 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz"}) | PAGE_PATHS
 ROUTES = frozenset({"/v1/chat/completions", "/v1/embeddings", "/v1/models", "/predict",
                     "/classify", "/search"}) | OPEN_PATHS | DATA_PATHS
 BATCH_SIZE_HEADER = "X-Raysight-Batch-Size"
+SERVER_TIMING_HEADER = "Server-Timing"
 # The deepest nesting of JSON arrays and objects a body may have. Every request shape is 6
 # deep at most; a far deeper one only exhausts the parser's (or pickle's) recursion.
 MAX_JSON_DEPTH = 64
@@ -224,8 +225,18 @@ def _within_depth(data: Any, limit: int = MAX_JSON_DEPTH) -> bool:
 
 
 def reply(result: Reply) -> JSONResponse:
-    headers = {BATCH_SIZE_HEADER: str(result.batch_size)} if result.batch_size else None
+    headers = {BATCH_SIZE_HEADER: str(result.batch_size),
+               SERVER_TIMING_HEADER: server_timing(result)} if result.batch_size else None
     return JSONResponse(result.body, headers=headers)
+
+
+def server_timing(result: Reply) -> str:
+    """The W3C Server-Timing value of a model's answer (browsers' developer tools show it):
+    how long the request waited for its batch (`queue`) and how long that batch ran on the
+    model (`model`), in milliseconds. The rest of what a client measures is the HTTP edge,
+    preprocessing and the network."""
+    return (f"queue;dur={1000 * result.queue_wait_s:.1f};desc=\"waiting for a batch\", "
+            f"model;dur={1000 * result.model_s:.1f};desc=\"the batch on the model\"")
 
 
 def build_http_api(gateway: Gateway, metrics: IngressMetrics | None = None) -> FastAPI:

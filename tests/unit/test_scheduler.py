@@ -376,6 +376,8 @@ def test_run_waits_for_requests_being_prepared(engines, rng):
         # bound leaves a busy machine's thread switches room).
         assert stats[0].queue_wait_s >= 0.25 and stats[1].queue_wait_s < 1.0
         assert (stats[0].batch_size, stats[1].batch_size) == (2, 2)
+        # Both ran from their admission to their answer: the same prefill and decode steps.
+        assert stats[0].run_s > 0 and abs(stats[0].run_s - stats[1].run_s) < 0.5
         stats.clear()
         done.clear()
         scheduler.admission.last_prefill_s = 4.0  # a wrong wait would again be 2 s

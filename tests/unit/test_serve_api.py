@@ -128,6 +128,11 @@ def test_predict_and_its_flat_errors(http, shape):
     answer = http.post("/predict", json={"prompt": "What color is the shape?", "image": image})
     assert answer.json() == {"output": label.color}
     assert answer.headers["X-Raysight-Batch-Size"] == "1"
+    # Server-Timing (W3C): the wait for the batch and the batch's run on the model, in ms.
+    timing = dict(metric.split(";")[:2] for metric in answer.headers["Server-Timing"].split(", "))
+    assert set(timing) == {"queue", "model"}
+    queue_ms, model_ms = (float(timing[name].removeprefix("dur=")) for name in ("queue", "model"))
+    assert queue_ms >= 0 and model_ms > 0  # the model ran its answer
     missing = http.post("/predict", json={"image": image})
     assert missing.status_code == 400 and "missing prompt" in missing.json()["error"]
 

@@ -46,6 +46,7 @@ def test_requests_arriving_during_a_batch_are_merged_into_the_next():
         rest = [asyncio.ensure_future(batcher.submit(f"r{i}")) for i in range(10)]
         await asyncio.sleep(0)  # let them queue
         assert batcher.queued == 10
+        await asyncio.sleep(0.2)  # the first batch runs at least this long
         model.gate.set()
         results = await asyncio.gather(first, *rest)
         return model.batches, results
@@ -54,6 +55,11 @@ def test_requests_arriving_during_a_batch_are_merged_into_the_next():
     assert [len(batch) for batch in batches] == [1, 10]
     assert [result for result, _ in results] == ["A"] + [f"R{i}" for i in range(10)]
     assert [stats.batch_size for _, stats in results] == [1] + [10] * 10
+    # Each item's stats: how long its batch ran (the gated first one held 0.2 s, the second
+    # ran at once) and how long it waited for that batch (the rest waited out the first).
+    first, rest = results[0][1], [stats for _, stats in results[1:]]
+    assert first.run_s >= 0.2 and all(stats.run_s < 0.2 for stats in rest)
+    assert first.queue_wait_s < 0.2 and all(stats.queue_wait_s >= 0.2 for stats in rest)
 
 
 def test_batches_never_exceed_max_batch_size():
