@@ -138,12 +138,12 @@ async def _measure(load: Load) -> dict:
     chat = "chat" in load.path
     answered: set[int] = set()
     # Each client's latest answer to a request sent after the warm-up: (latency,
-    # completion tokens, batch size).
-    latest: dict[int, tuple[float, int, int]] = {}
+    # completion tokens, batch size, the server's queue and model ms or None: server_timing).
+    latest: dict[int, tuple] = {}
     steady_from = float("inf")  # when the warm-up ended
     # Per window: the answers that came in it, and the snapshot of `latest` at its end.
-    windows: list[list[tuple[float, int, int]]] = []
-    snapshots: list[list[tuple[float, int, int]]] = []
+    windows: list[list[tuple]] = []
+    snapshots: list[list[tuple]] = []
     statuses: Counter = Counter()
     issued = 0
     stop = False
@@ -166,7 +166,8 @@ async def _measure(load: Load) -> dict:
             answered.add(number)
             tokens = response.json()["usage"]["completion_tokens"] if chat else 0
             batch = int(response.headers.get("x-raysight-batch-size", 0))
-            answer = (time.perf_counter() - sent, tokens, batch)
+            answer = (time.perf_counter() - sent, tokens, batch,
+                      *server_timing(response.headers.get("server-timing", "")))
             if sent >= steady_from:
                 latest[number] = answer
             if windows and not stop:
@@ -203,7 +204,8 @@ async def _measure(load: Load) -> dict:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     settle_s = await _settle(load, bodies)
-    return {"statuses": {str(k): v for k, v in statuses.items()}, "warmup_s": warmup_s,
+    return {"clients": load.clients, "statuses": {str(k): v for k, v in statuses.items()},
+            "warmup_s": warmup_s,
             "measured_s": measured_s, "settle_s": settle_s,
             "steady_cpu": {str(pid): cpu_after[pid] - cpu_before[pid]
                            for pid in cpu_after if pid in cpu_before},
@@ -242,14 +244,32 @@ async def _settle(load: Load, bodies: _Bodies) -> float:
     return time.perf_counter() - began
 
 
-def _figures(clients: int, answers: list[tuple[float, int, int]]) -> dict:
-    """Figures of one snapshot (one answer per client): throughput, latencies, batch."""
-    latencies = [latency for latency, _, _ in answers]
-    batches = [batch for _, _, batch in answers if batch]
+def server_timing(value: str) -> tuple[float | None, float | None]:
+    """(queue ms, model ms) from a Server-Timing header (raysight's: serve_app/routes.py),
+    None for what it does not give."""
+    durations = {}
+    for metric in value.split(","):
+        name, *params = (part.strip() for part in metric.split(";"))
+        for param in params:
+            if param.startswith("dur="):
+                durations[name] = float(param[4:])
+    return durations.get("queue"), durations.get("model")
+
+
+def _figures(clients: int, answers: list[tuple]) -> dict:
+    """Figures of one snapshot (one answer per client): throughput, latencies, batch, and the
+    server's own timing where it gives one (the median answer's wait for its batch and its
+    batch's run on the model)."""
+    latencies = [answer[0] for answer in answers]
+    batches = [answer[2] for answer in answers if answer[2]]
     mean_latency = sum(latencies) / len(latencies) if latencies else float("inf")
     requests_per_s = clients / mean_latency
-    tokens = sum(t for _, t, _ in answers) / len(answers) if answers else 0.0
+    tokens = sum(answer[1] for answer in answers) / len(answers) if answers else 0.0
+    queue_ms = [answer[3] for answer in answers if answer[3] is not None]
+    model_ms = [answer[4] for answer in answers if answer[4] is not None]
     return {
+        "queue_ms": percentile(queue_ms, 0.5) if queue_ms else None,
+        "model_ms": percentile(model_ms, 0.5) if model_ms else None,
         "ok": len(answers),
         "requests_per_s": requests_per_s,
         "tokens_per_s": requests_per_s * tokens,

@@ -11,6 +11,7 @@ path's of the same run, not inside one Ray with it.
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Callable
 
@@ -19,6 +20,7 @@ from bench.inprocess import EngineRunner
 from bench.loadgen import LoadGenerator
 from bench.online import (_ceiling, _cpu_outside_replica_steady, _http, _latency_over_ceiling,
                           compare)
+from bench.report import median_row, row
 from bench.servers import raysight_server, reference_server
 from bench.settings import BenchSettings
 
@@ -80,10 +82,38 @@ def online_embeddings_direct(folder: str, max_batch_size: int, settings: BenchSe
             }
             rows = compare(SCENARIO, variants, settings.embed_clients, settings.embed_window_s,
                            "requests_per_s", "throughput", "img/s", log)
-        return rows + steady + _latency_over_ceiling(rows, min(settings.embed_clients),
-                                                     SCENARIO, VARIANT)
+            timing = _where_the_cycle_goes(results, runner, max_batch_size, settings, log)
+        return rows + steady + timing + _latency_over_ceiling(rows, min(settings.embed_clients),
+                                                              SCENARIO, VARIANT)
     finally:
         from ray import serve
 
         serve.shutdown()
         local.stop()
+
+
+def _where_the_cycle_goes(results: list[dict], runner: EngineRunner, max_batch_size: int,
+                          settings: BenchSettings, log: Callable[[str], None]) -> list[dict]:
+    """At each client count: the replica's own timing of raysight's answers (Server-Timing:
+    the median answer's batch run on the model, and its wait for that batch) beside the same
+    batch's forward alone in this process (prepared inputs, no HTTP), so a shortfall against
+    the ceiling splits into a slower forward in the replica and time outside the model."""
+    rows: list[dict] = []
+    for result in results:
+        clients = result["clients"]
+        model = [w["model_ms"] for w in result["windows"] if w.get("model_ms") is not None]
+        queue = [w["queue_ms"] for w in result["windows"] if w.get("queue_ms") is not None]
+        if not model:
+            continue
+        batch = min(clients, max_batch_size)
+        alone = runner.measure(batch, settings.embed_window_s, forward_only=True)
+        rows.append(median_row(SCENARIO, VARIANT, "replica_batch_ms", model, unit="ms",
+                               clients=clients))
+        rows.append(median_row(SCENARIO, VARIANT, "replica_queue_ms", queue, unit="ms",
+                               clients=clients))
+        rows.append(row(SCENARIO, "ceiling", "forward_only_ms", round(alone.batch_p50_ms, 1),
+                        unit="ms", clients=clients, batch=batch))
+        log(f"  {clients:3d} clients: the replica ran a batch in {statistics.median(model):.0f} "
+            f"ms (p50; waiting {statistics.median(queue):.0f} ms for it), the same batch of "
+            f"{batch} alone in this process {alone.batch_p50_ms:.0f} ms")
+    return rows

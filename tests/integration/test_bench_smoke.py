@@ -66,6 +66,12 @@ def test_quick_bench_writes_json_and_plots(tmp_path):
         assert direct[(variant, "throughput")]["value"] > 0
     assert direct[("raysight_direct", "cpu_ms_outside_replica")]["requests_per_s"] > 0
     assert ("raysight_direct", "p50_over_ceiling_ms") in direct
+    # Where a cycle goes: the replica's Server-Timing beside the forward alone in-process.
+    replica_ms = direct[("raysight_direct", "replica_batch_ms")]
+    alone = direct[("ceiling", "forward_only_ms")]
+    assert replica_ms["value"] > 0 and alone["value"] > 0
+    assert replica_ms["clients"] == alone["clients"]
+    assert direct[("raysight_direct", "replica_queue_ms")]["value"] >= 0
     assert extra["p50_over_ceiling_ms"]["clients"] == 1
     served = [r["value"] for r in payload["rows"] if r["scenario"] == "online_embeddings"
               and r["metric"] == "throughput" and r["variant"] == "raysight"]
