@@ -56,6 +56,14 @@ def online_embeddings_direct(folder: str, max_batch_size: int, settings: BenchSe
             split_at = 32 if 32 in settings.embed_clients else max(settings.embed_clients)
             steady: list[dict] = []
 
+            timing: list[dict] = []
+
+            def raysight_then_forward(clients: int, seconds: float) -> list[dict]:
+                figures = raysight_with_cpu(clients, seconds)
+                timing.extend(_where_the_cycle_goes(results[-1], runner, max_batch_size,
+                                                    seconds, log))
+                return figures
+
             def raysight_with_cpu(clients: int, seconds: float) -> list[dict]:
                 if clients != split_at:
                     return raysight(clients, seconds)
@@ -76,13 +84,12 @@ def online_embeddings_direct(folder: str, max_batch_size: int, settings: BenchSe
                 return figures
 
             variants = {
-                VARIANT: raysight_with_cpu,
+                VARIANT: raysight_then_forward,
                 "ceiling": _ceiling(runner, max_batch_size, settings.repeats),
                 "reference": _http(loadgen, reference_url, path, "clip", settings),
             }
             rows = compare(SCENARIO, variants, settings.embed_clients, settings.embed_window_s,
                            "requests_per_s", "throughput", "img/s", log)
-            timing = _where_the_cycle_goes(results, runner, max_batch_size, settings, log)
         return rows + steady + timing + _latency_over_ceiling(rows, min(settings.embed_clients),
                                                               SCENARIO, VARIANT)
     finally:
@@ -92,28 +99,24 @@ def online_embeddings_direct(folder: str, max_batch_size: int, settings: BenchSe
         local.stop()
 
 
-def _where_the_cycle_goes(results: list[dict], runner: EngineRunner, max_batch_size: int,
-                          settings: BenchSettings, log: Callable[[str], None]) -> list[dict]:
-    """At each client count: the replica's own timing of raysight's answers (Server-Timing:
-    the median answer's batch run on the model, and its wait for that batch) beside the same
-    batch's forward alone in this process (prepared inputs, no HTTP), so a shortfall against
-    the ceiling splits into a slower forward in the replica and time outside the model."""
-    rows: list[dict] = []
-    for result in results:
-        clients = result["clients"]
-        model = [w["model_ms"] for w in result["windows"] if w.get("model_ms") is not None]
-        queue = [w["queue_ms"] for w in result["windows"] if w.get("queue_ms") is not None]
-        if not model:
-            continue
-        batch = min(clients, max_batch_size)
-        alone = runner.measure(batch, settings.embed_window_s, forward_only=True)
-        rows.append(median_row(SCENARIO, VARIANT, "replica_batch_ms", model, unit="ms",
-                               clients=clients))
-        rows.append(median_row(SCENARIO, VARIANT, "replica_queue_ms", queue, unit="ms",
-                               clients=clients))
-        rows.append(row(SCENARIO, "ceiling", "forward_only_ms", round(alone.batch_p50_ms, 1),
-                        unit="ms", clients=clients, batch=batch))
-        log(f"  {clients:3d} clients: the replica ran a batch in {statistics.median(model):.0f} "
-            f"ms (p50; waiting {statistics.median(queue):.0f} ms for it), the same batch of "
-            f"{batch} alone in this process {alone.batch_p50_ms:.0f} ms")
-    return rows
+def _where_the_cycle_goes(result: dict, runner: EngineRunner, max_batch_size: int,
+                          seconds: float, log: Callable[[str], None]) -> list[dict]:
+    """Right after raysight's measurement at a client count: the replica's own timing of its
+    answers (Server-Timing: the median answer's batch run on the model, and its wait for that
+    batch) beside the same batch's forward alone in this process (prepared inputs, no HTTP),
+    so a shortfall against the ceiling splits into a slower forward in the replica and time
+    outside the model."""
+    clients = result["clients"]
+    model = [w["model_ms"] for w in result["windows"] if w.get("model_ms") is not None]
+    queue = [w["queue_ms"] for w in result["windows"] if w.get("queue_ms") is not None]
+    if not model:
+        return []
+    batch = min(clients, max_batch_size)
+    alone = runner.measure(batch, seconds, forward_only=True)
+    log(f"  {clients:3d} clients: the replica ran a batch in {statistics.median(model):.0f} ms "
+        f"(p50; waiting {statistics.median(queue):.0f} ms for it), the same batch of {batch} "
+        f"alone in this process {alone.batch_p50_ms:.0f} ms")
+    return [median_row(SCENARIO, VARIANT, "replica_batch_ms", model, unit="ms", clients=clients),
+            median_row(SCENARIO, VARIANT, "replica_queue_ms", queue, unit="ms", clients=clients),
+            row(SCENARIO, "ceiling", "forward_only_ms", round(alone.batch_p50_ms, 1), unit="ms",
+                clients=clients, batch=batch)]
