@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raysight.shapes import write_shapes_folder
+from tests.api_server import free_port
 from tests.integration.multinode import TALLY_ENV, MultiNodeCluster, read_tally, tally_folder
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
@@ -41,12 +41,6 @@ APP = "multi"
 DEPLOYMENT = "model-shapes-clip"
 WORKERS = ["node_a", "node_b", "node_c"]
 FIGURES: dict[str, object] = {}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from raysight.shapes import write_shapes_folder
+from tests.api_server import free_port
 from tests.integration.ray_head import ray_head
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -27,12 +27,6 @@ BIN = Path(sys.executable).parent
 BUCKET = "raysight-test"
 SECRET = "s3cret-Raysight-9f8e7d6c5b4a"
 KEY_ID = "AKIARAYSIGHTTEST0001"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

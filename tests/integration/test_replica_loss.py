@@ -15,12 +15,12 @@ from __future__ import annotations
 import base64
 import concurrent.futures as futures
 import json
-import socket
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.api_server import free_port
 from tests.conftest import png_bytes
 
 # Four replicas start with the first test, and one is restarted; a busy machine needs long.
@@ -32,12 +32,6 @@ if not (BUILTIN / "shapes-vlm/model.safetensors").is_file():
 
 HOLD_S = 3.0  # how long a burst waits inside its replica for a fuller batch
 LEAD_S = 0.5  # how long a burst's first request goes ahead of the rest (see _burst_then_kill)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -4,20 +4,14 @@ greedy request comes back from the response cache with the same answer."""
 from __future__ import annotations
 
 import base64
-import socket
 import time
 
 import pytest
 
+from tests.api_server import free_port
 from tests.conftest import noise_image, png_bytes
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.api_server import free_port
 from tests.conftest import png_bytes
 
 pytestmark = pytest.mark.integration
@@ -29,12 +29,6 @@ START_DEADLINE_S = 180
 AS_AT_A_TERMINAL = [sys.executable, "-c", "import os, signal, sys; "
                     "signal.signal(signal.SIGINT, signal.SIG_DFL); "
                     "os.execv(sys.argv[1], sys.argv[1:])"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until_ready(url: str, process: subprocess.Popen, log: Path) -> None:
