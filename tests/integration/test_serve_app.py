@@ -5,47 +5,22 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures as futures
-import io
-import socket
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.api_server import free_port
 from tests.conftest import png_bytes
+from tests.integration.serve_requests import (API_KEY, AUTH, COLOR_QUESTION, MAX_BODY, b64,
+                                            chat_body, data_url, post, read_metrics, total)
 
 pytestmark = pytest.mark.integration
 
 BUILTIN_VLM = Path(__file__).resolve().parents[2] / "raysight/builtin/models/shapes-vlm"
 if not (BUILTIN_VLM / "model.safetensors").is_file():
     pytest.skip("the built-in models are not built", allow_module_level=True)
-
-API_KEY = "test-key"
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
-MAX_BODY = 2 * 1024 * 1024
-COLOR_QUESTION = "What color is the shape?"
-
-
-def b64(image) -> str:
-    return base64.b64encode(png_bytes(image)).decode("ascii")
-
-
-def data_url(image) -> str:
-    return "data:image/png;base64," + b64(image)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def chat_body(image, question: str = COLOR_QUESTION, model: str = "shapes-vlm", **extra) -> dict:
-    url = image if isinstance(image, str) else data_url(image)
-    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": question}]
-    return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
-
 
 @pytest.fixture(scope="module")
 def shapes():
@@ -108,13 +83,6 @@ def client(server):
     import openai
 
     return openai.OpenAI(base_url=server + "/v1", api_key=API_KEY, max_retries=0, timeout=60)
-
-
-def post(url: str, path: str, body: dict | None = None, headers: dict | None = None, **kwargs):
-    import requests
-
-    return requests.post(url + path, json=body, headers=AUTH if headers is None else headers,
-                         timeout=60, **kwargs)
 
 
 # --- health, auth, models ----------------------------------------------------------------------
@@ -385,20 +353,6 @@ def test_the_hostile_corpus_gets_the_same_answers_through_ray_serve(server):
           f"statuses {tally}")
     assert not any(status >= 500 for status in tally)
     assert len(cases) >= 100
-
-
-def read_metrics(port: int) -> list[tuple[str, float]]:
-    """raysight's samples in Ray's Prometheus export, as (name{labels}, value)."""
-    import requests
-
-    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    return [(line.rsplit(" ", 1)[0], float(line.rsplit(" ", 1)[1]))
-            for line in text.splitlines() if line.startswith("ray_raysight_")]
-
-
-def total(samples, name: str, *labels: str) -> float:
-    return sum(value for key, value in samples
-               if key.startswith(name + "{") and all(label in key for label in labels))
 
 
 def test_metrics_reach_prometheus(server):
