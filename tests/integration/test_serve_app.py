@@ -199,6 +199,10 @@ def test_predict_contract(server, shapes):
     image, label = shapes[5]
     answer = post(server, "/predict", {"prompt": COLOR_QUESTION, "image": b64(image)})
     assert answer.status_code == 200 and answer.json() == {"output": label.color}
+    # Through Ray Serve too: the model's own timing of the answer (queue, then model), in ms.
+    timing = answer.headers["Server-Timing"]
+    assert timing.startswith("queue;dur=") and ", model;dur=" in timing
+    assert float(timing.split("model;dur=")[1].split(";")[0]) > 0
     for body in ({"prompt": COLOR_QUESTION}, {"image": b64(image)}, {}):
         refused = post(server, "/predict", body)
         assert refused.status_code == 400
