@@ -1,6 +1,6 @@
 // Classify: an image and comma-separated labels -> a bar per label with its probability.
 import { call } from "./api.js";
-import { batchText, imagePicker, meta, ms, setState, showError } from "./panel.js";
+import { batchText, imagePicker, meta, modelTimeText, ms, setState, showError } from "./panel.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -22,6 +22,7 @@ async function classify(picker) {
       reply.model,
       "answered in " + ms((performance.now() - started) / 1000),
       batchText(Number(response.headers.get("X-Raysight-Batch-Size"))),
+      modelTimeText(response),
     ]);
     setState("classify", "done");
   } catch (error) {

@@ -27,6 +27,13 @@ export function batchText(size) {
   return size ? `batch size ${size}` : "";
 }
 
+// The model's own share of an answer, from its Server-Timing header ("queue;dur=1.2;...,
+// model;dur=5.9;...", in ms): how long the batch it ran in took on the model.
+export function modelTimeText(response) {
+  const found = /(?:^|,)\s*model;dur=([\d.]+)/.exec(response.headers.get("Server-Timing") || "");
+  return found ? `${ms(Number(found[1]) / 1000)} on the model` : "";
+}
+
 // Holds an image dropped, picked or pasted, as a data: URL (the form every image route takes).
 export function imagePicker(id, onChange) {
   const root = $(id);

@@ -1,6 +1,6 @@
 // Search: a phrase or an image -> the nearest images of an index, as thumbnails with scores.
 import { call } from "./api.js";
-import { batchText, imagePicker, meta, ms, setState, showError } from "./panel.js";
+import { batchText, imagePicker, meta, modelTimeText, ms, setState, showError } from "./panel.js";
 
 const $ = (id) => document.getElementById(id);
 const thumbnails = [];
@@ -45,6 +45,7 @@ async function search(picker) {
       "answered in " + ms(answered),
       "thumbnails shown in " + ms((performance.now() - started) / 1000),
       batchText(Number(response.headers.get("X-Raysight-Batch-Size"))),
+      modelTimeText(response),
     ]);
     setState("search", "done");
   } catch (error) {

@@ -281,6 +281,7 @@ def test_search_by_text_shows_red_circles_with_thumbnails(page, drawn, indexed, 
     assert all(width > 0 for _, _, width in hits)  # every thumbnail arrived and decoded
     meta = page.text_content("#search-meta")
     assert "shapes-clip" in meta and "by text" in meta and "batch size 1" in meta, meta
+    assert re.search(r"· \d+ ms on the model$", meta), meta  # from the Server-Timing header
     screenshot(page, "search-1-text")
 
 
@@ -311,7 +312,8 @@ def test_classify_a_dropped_image_puts_the_drawn_label_on_top(page, drawn, index
     best = max(bars, key=lambda bar: bar[1])
     assert best[0] == "a blue triangle" and best[2], bars
     assert best[3] == max(bar[3] for bar in bars)  # the highest bar is the widest drawn
-    assert "shapes-clip" in page.text_content("#classify-meta")
+    meta = page.text_content("#classify-meta")
+    assert "shapes-clip" in meta and re.search(r"· \d+ ms on the model$", meta), meta
     screenshot(page, "classify-1-bars")
 
 
