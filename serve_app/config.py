@@ -292,10 +292,20 @@ class ServeConfig(_Frozen):
     def direct_ingress_fits(self) -> bool:
         """Whether this app can have direct ingress: one model, no separate ingress, one
         replica and no autoscaling (one port on the replica)."""
+        return self._direct_ingress_misfit() is None
+
+    def _direct_ingress_misfit(self) -> str | None:
+        """Why this app cannot have direct ingress, or None when it can."""
         if len(self.models) > 1 or self.ingress.separate:
-            return False
+            return ("ingress.direct serves one model whose replica answers HTTP itself; this "
+                    "app has an ingress deployment (several models, or ingress.separate): "
+                    "serve one model, or drop ingress.direct")
         deployment = self.models[0].deployment
-        return deployment.num_replicas == 1 and not deployment.autoscaling_config
+        if deployment.num_replicas != 1 or deployment.autoscaling_config:
+            return ("ingress.direct binds the model's one replica to the port, so it needs "
+                    "deployment.num_replicas 1 and no autoscaling_config; to scale out, drop "
+                    "ingress.direct (Serve's proxy then spreads requests over the replicas)")
+        return None
 
     def with_direct_ingress_resolved(self, private_ray: bool) -> "ServeConfig":
         """This config with `ingress.direct` true or false: `auto` is true when this app
@@ -309,21 +319,9 @@ class ServeConfig(_Frozen):
     @model_validator(mode="after")
     def _direct_ingress_fits(self) -> "ServeConfig":
         """Direct ingress pins the one replica to `port`: one model, one replica."""
-        if self.ingress.direct is not True:
-            return self
-        if len(self.models) > 1 or self.ingress.separate:
-            raise ValueError(
-                "ingress.direct serves one model whose replica answers HTTP itself; this app "
-                "has an ingress deployment (several models, or ingress.separate): serve one "
-                "model, or drop ingress.direct"
-            )
-        deployment = self.models[0].deployment
-        if deployment.num_replicas != 1 or deployment.autoscaling_config:
-            raise ValueError(
-                "ingress.direct binds the model's one replica to the port, so it needs "
-                "deployment.num_replicas 1 and no autoscaling_config; to scale out, drop "
-                "ingress.direct (Serve's proxy then spreads requests over the replicas)"
-            )
+        misfit = self._direct_ingress_misfit() if self.ingress.direct is True else None
+        if misfit:
+            raise ValueError(misfit)
         return self
 
     def resolved_api_key(self) -> str | None:
