@@ -5,7 +5,6 @@ processes of their own the Flask baseline and the single-process batching refere
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from serve_app.direct_ingress import free_port  # noqa: F401 - the scenarios import it here
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MBS1_PREFIX = "/mbs1"  # where raysight_server serves the max_batch_size=1 app
@@ -25,12 +25,6 @@ def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until_up(url: str, timeout_s: float, process: subprocess.Popen | None = None) -> None:

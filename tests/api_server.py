@@ -6,21 +6,15 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import socket
 import threading
 import time
 from pathlib import Path
 from typing import Iterator
 
+from serve_app.direct_ingress import free_port  # noqa: F401 - the tests import it from here
 from tests.conftest import png_bytes
 
 API_KEY = "test-key"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def build_index(folder: Path, count: int = 12) -> Path:
