@@ -80,6 +80,13 @@ class JobConfig(BaseModel):
         None, gt=0, description="Model actors. Default: one per GPU (by num_gpus), or one per "
         "4 CPUs of the cluster without GPUs."
     )
+    preprocess_in: Literal["auto", "stage", "model"] = Field(
+        "auto", description="Where images are decoded and preprocessed: 'stage' (CPU actors "
+        "of their own, feeding the model actors), 'model' (in each model actor, before its "
+        "forward). 'auto': 'model' when the model runs on CPU and the model actors' torch "
+        "threads fill every CPU (e.g. --actor-pool-size 2 --torch-threads 1 on 2 CPUs), where "
+        "a CPU stage would only take cores from the forward; else 'stage'."
+    )
     preprocess_max_actors: int | None = Field(
         None, gt=0, description="Most CPU preprocess actors (the pool grows from 1 to this). "
         "Default: half the cluster's CPUs."

@@ -69,6 +69,9 @@ RUNTIME_FLAGS = (
     _field("--preprocess-batch-size", "rows per CPU-stage call", type=int),
     _field("--actor-pool-size", "model actors (default: from the cluster)", type=int),
     _field("--preprocess-max-actors", "most CPU-stage actors", type=int),
+    _field("--preprocess-in", "where images are prepared: a CPU stage of their own, or the "
+           "model actors (default auto: the model actors when their torch threads fill every "
+           "CPU)", choices=("auto", "stage", "model")),
     _field("--num-gpus", "GPUs per model actor", type=float),
     _field("--model-num-cpus", "CPUs each model actor reserves", type=float),
     _field("--torch-threads", "torch threads per model actor", type=int),

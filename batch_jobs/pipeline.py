@@ -156,20 +156,23 @@ def _pick_batch_size(spec, torch_threads: int | None, model_actors: int) -> dict
 def _add_stages(job: JobConfig, source: InputSource, plan: StagePlan, dataset) -> "ray.data.Dataset":
     from ray.data import ActorPoolStrategy
 
-    low, high = plan.preprocess_actors
-    dataset = dataset.map_batches(
-        PreprocessStage,
-        fn_constructor_kwargs={
-            "job": job, "filesystem": source.filesystem, "image_root": source.image_root,
-        },
-        compute=ActorPoolStrategy(min_size=low, max_size=high),
-        num_cpus=plan.preprocess_num_cpus,
-        batch_size=job.preprocess_batch_size,
-        batch_format="pyarrow",
-    )
+    images = {"filesystem": source.filesystem, "image_root": source.image_root}
+    model_options = {"job": job, "model_actors": plan.model_actors}
+    if plan.preprocess_in_model:
+        model_options.update(prepare_rows=True, **images)
+    else:
+        low, high = plan.preprocess_actors
+        dataset = dataset.map_batches(
+            PreprocessStage,
+            fn_constructor_kwargs={"job": job, **images},
+            compute=ActorPoolStrategy(min_size=low, max_size=high),
+            num_cpus=plan.preprocess_num_cpus,
+            batch_size=job.preprocess_batch_size,
+            batch_format="pyarrow",
+        )
     dataset = dataset.map_batches(
         ModelStage,
-        fn_constructor_kwargs={"job": job, "model_actors": plan.model_actors},
+        fn_constructor_kwargs=model_options,
         compute=ActorPoolStrategy(size=plan.model_actors),
         num_cpus=plan.model_num_cpus,
         num_gpus=plan.model_num_gpus,

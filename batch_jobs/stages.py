@@ -1,10 +1,13 @@
-"""The two stages every job runs, as plain callable classes (the pipeline applies Ray).
+"""The stages every job runs, as plain callable classes (the pipeline applies Ray).
 
 `PreprocessStage` (CPU actors, no weights): row -> engine request -> `engine.preprocess`
 -> the prepared item pickled into the ``prepared`` column, or the row's error.
 `ModelStage` (the model's actor pool): ``prepared`` -> `engine.infer` + `postprocess` ->
-the job's result columns. A row that fails anywhere keeps its key, gets ``error`` (what was
-wrong) and ``error_type`` (the error's class), and its batchmates are unaffected.
+the job's result columns. With ``prepare_rows`` (a plan that preprocesses in the model
+actors, see batch_jobs/resources.py) it takes the read rows instead and prepares them itself,
+with the same `RowPreparer` as the CPU stage. A row that fails anywhere keeps its key, gets
+``error`` (what was wrong) and ``error_type`` (the error's class), and its batchmates are
+unaffected.
 """
 
 from __future__ import annotations
@@ -73,21 +76,44 @@ class ImageSourceReader:
             return stream.read()
 
 
+class RowPreparer:
+    """One input row -> the engine's prepared item, or the RaysightError saying why not."""
+
+    def __init__(self, job: JobConfig, engine, filesystem=None, image_root: str = "."):
+        import pyarrow.fs as pafs
+
+        self.job = job
+        self.task = job_named(job.job)
+        self.engine = engine
+        self.images = ImageSourceReader(
+            filesystem or pafs.LocalFileSystem(), image_root, job.spec.images.max_image_bytes
+        )
+
+    def prepare(self, row: dict) -> Any:
+        try:
+            image = row[IMAGE_BYTES] if IMAGE_BYTES in row else row.get(IMAGE)
+            request = self.task.request(self.job, self.images.source(image), row)
+        except RaysightError as exc:
+            return exc
+        except Exception as exc:  # noqa: BLE001 - e.g. an unreadable file; one row fails
+            logger.warning("could not read the image of one row: %s", exc)
+            return ImageError(f"cannot read the image: {type(exc).__name__}: {exc}")
+        return self.engine.preprocess_safely(request)
+
+
+def _without_images(batch: pa.Table) -> pa.Table:
+    return batch.drop_columns([c for c in (IMAGE, IMAGE_BYTES) if c in batch.column_names])
+
+
 class PreprocessStage:
     """CPU stage: decode, check and process each row with the engine's own preprocess."""
 
     def __init__(self, job: JobConfig, filesystem=None, image_root: str = "."):
-        import pyarrow.fs as pafs
-
         from batch_jobs.preprocessor import build_preprocessor
 
-        self.job = job
-        self.task = job_named(job.job)
         self.engine = build_preprocessor(job.spec)
         _check_engine_task(self.engine, job)
-        self.images = ImageSourceReader(
-            filesystem or pafs.LocalFileSystem(), image_root, job.spec.images.max_image_bytes
-        )
+        self.rows = RowPreparer(job, self.engine, filesystem, image_root)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         prepared: list[bytes | None] = []
@@ -103,28 +129,25 @@ class PreprocessStage:
                 prepared.append(encode_prepared(item))
                 errors.append(None)
                 error_types.append(None)
-        out = batch.drop_columns([c for c in (IMAGE, IMAGE_BYTES) if c in batch.column_names])
+        out = _without_images(batch)
         out = out.append_column(PREPARED, pa.array(prepared, PREPARED_TYPE))
         out = out.append_column(ERROR, pa.array(errors, pa.string()))
         return out.append_column(ERROR_TYPE, pa.array(error_types, pa.string()))
 
     def prepare(self, row: dict) -> Any:
         """The prepared item for one row, or the RaysightError saying why there is none."""
-        try:
-            image = row[IMAGE_BYTES] if IMAGE_BYTES in row else row.get(IMAGE)
-            request = self.task.request(self.job, self.images.source(image), row)
-        except RaysightError as exc:
-            return exc
-        except Exception as exc:  # noqa: BLE001 - e.g. an unreadable file; one row fails
-            logger.warning("could not read the image of one row: %s", exc)
-            return ImageError(f"cannot read the image: {type(exc).__name__}: {exc}")
-        return self.engine.preprocess_safely(request)
+        return self.rows.prepare(row)
 
 
 class ModelStage:
-    """Model stage: one batched `infer` + `postprocess` over the rows that prepared cleanly."""
+    """Model stage: one batched `infer` + `postprocess` over the rows that prepared cleanly.
 
-    def __init__(self, job: JobConfig, model_actors: int = 1):
+    `prepare_rows`: the batches are read rows (no CPU stage before this one), prepared here
+    by the loaded engine's own preprocess; `filesystem` and `image_root` find their images.
+    """
+
+    def __init__(self, job: JobConfig, model_actors: int = 1, *, prepare_rows: bool = False,
+                 filesystem=None, image_root: str = "."):
         from raysight.engines import build_engine
 
         set_torch_threads(job.torch_threads, model_actors)
@@ -132,14 +155,23 @@ class ModelStage:
         self.task = job_named(job.job)
         self.engine = build_engine(job.spec)
         _check_engine_task(self.engine, job)
+        self.rows = RowPreparer(job, self.engine, filesystem, image_root) if prepare_rows else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        errors = batch[ERROR].to_pylist()
-        error_types = batch[ERROR_TYPE].to_pylist()
-        items = [
-            decode_prepared(data) if data is not None else RaysightError(errors[i] or "")
-            for i, data in enumerate(batch[PREPARED].to_pylist())
-        ]
+        if self.rows is not None:
+            items = [self.rows.prepare(row) for row in batch.to_pylist()]
+            errors = [i.message if isinstance(i, RaysightError) else None for i in items]
+            error_types = [type(i).__name__ if isinstance(i, RaysightError) else None
+                           for i in items]
+            batch = _without_images(batch)
+        else:
+            errors = batch[ERROR].to_pylist()
+            error_types = batch[ERROR_TYPE].to_pylist()
+            items = [
+                decode_prepared(data) if data is not None else RaysightError(errors[i] or "")
+                for i, data in enumerate(batch[PREPARED].to_pylist())
+            ]
+            batch = batch.drop_columns([PREPARED, ERROR, ERROR_TYPE])
         results = self.engine.infer_and_postprocess(items)
         answers: list[Any] = []
         for index, result in enumerate(results):
@@ -150,7 +182,7 @@ class ModelStage:
                 answers.append(None)
             else:
                 answers.append(result)
-        out = batch.drop_columns([PREPARED, ERROR, ERROR_TYPE])
+        out = batch
         for name, column in self.task.columns(self.job, answers).items():
             out = out.append_column(name, column)
         out = out.append_column(ERROR, pa.array(errors, pa.string()))

@@ -22,7 +22,8 @@ IMAGES = 24
 
 @pytest.fixture(scope="module")
 def runs(ray_session, tmp_path_factory):
-    """Two runs of the same job (the second starts over): their summaries and the output."""
+    """Two runs of the same job (the second starts over, preparing its images in the model
+    actors, no CPU stage): their summaries and the second's output."""
     from batch_jobs import run_embed
     from raysight.spec import ModelSpec
 
@@ -36,7 +37,7 @@ def runs(ray_session, tmp_path_factory):
     output = root / "out"
     first = run_embed(spec, str(images), str(output), batch_size="auto", progress=False)
     second = run_embed(spec, str(images), str(output), batch_size="auto", progress=False,
-                       overwrite=True)
+                       overwrite=True, preprocess_in="model")
     return first, second, output, images
 
 
@@ -50,6 +51,7 @@ def test_the_pick_is_in_the_summary_and_the_second_run_reads_the_cache(runs):
     assert f"max_batch_size auto -> {first.max_batch_size}" in first.format()
     assert second.auto_batch["from_cache"] and second.auto_batch["throughput"] == {}
     assert second.max_batch_size == first.max_batch_size and second.rows == IMAGES
+    assert "preprocess: 1-" in first.plan and second.plan.endswith("preprocess: in the model actors")
     written = json.loads((output / "_raysight_summary.json").read_text())
     assert written["max_batch_size"] == first.max_batch_size
     assert written["auto_batch"]["from_cache"] is True

@@ -38,6 +38,20 @@ def test_gpus_get_one_actor_each_unless_the_spec_says_cpu():
     assert on_cpu.model_num_gpus == 0
 
 
+def test_model_actors_prepare_their_rows_only_when_their_threads_fill_the_cpus():
+    def fused(cluster, **options):
+        return plan_stages(caption_job(**options), cluster).preprocess_in_model
+
+    assert fused({"CPU": 2.0}, actor_pool_size=2, torch_threads=1)
+    assert not fused({"CPU": 4.0}, actor_pool_size=2, torch_threads=1)  # 2 cores idle
+    assert not fused({"CPU": 16.0})  # default threads: half the cores, the stage gets the rest
+    assert not fused({"CPU": 8.0, "GPU": 2.0}, torch_threads=8)  # GPU actors keep the stage
+    assert fused({"CPU": 16.0}, preprocess_in="model")
+    assert not fused({"CPU": 2.0}, actor_pool_size=2, torch_threads=1, preprocess_in="stage")
+    plan = plan_stages(caption_job(actor_pool_size=2, torch_threads=1), {"CPU": 2.0})
+    assert plan.describe().endswith("preprocess: in the model actors")
+
+
 def test_fractional_gpus_pack_actors():
     plan = plan_stages(caption_job(num_gpus=0.5), {"CPU": 8.0, "GPU": 1.0})
     assert plan.model_actors == 2 and plan.model_num_gpus == 0.5

@@ -1,4 +1,4 @@
-"""The two stages as plain classes, on tiny random models, without Ray."""
+"""The stages as plain classes, on tiny random models, without Ray."""
 
 from __future__ import annotations
 
@@ -93,6 +93,22 @@ def test_classify_and_embed_stage_columns(tiny_models, rng):
     assert first["label"] in labels and abs(sum(first["probs"]) - 1) < 1e-5
     assert first["score"] == pytest.approx(max(first["probs"]))
     assert second["label"] is None and second["error_type"] == "InvalidRequest"
+
+
+def test_a_model_stage_that_prepares_its_rows_answers_as_the_two_stages_do(tiny_models, rng,
+                                                                          tmp_path):
+    """`preprocess_in: model` (no CPU stage): the same vectors, the same failed rows."""
+    (tmp_path / "a.png").write_bytes(png_bytes(noise_image(rng, 40, 24)))
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    batch = pa.table({"id": ["a", "b", "c"], "image": ["a.png", "broken.png", "missing.png"]})
+    job = job_config_for("embed", tiny_models["clip"], "in", "out")
+    two_stages = ModelStage(job)(PreprocessStage(job, image_root=str(tmp_path))(batch))
+    fused = ModelStage(job, prepare_rows=True, image_root=str(tmp_path))(batch)
+    assert fused.column_names == two_stages.column_names
+    assert fused["embedding"].to_pylist()[0] == two_stages["embedding"].to_pylist()[0]
+    assert fused["error"].to_pylist() == two_stages["error"].to_pylist()
+    assert fused["error_type"].to_pylist() == two_stages["error_type"].to_pylist()
+    assert fused["error_type"].to_pylist()[1:] == ["NotAnImage", "ImageError"]
 
 
 def test_a_job_refuses_a_model_of_the_wrong_kind(tiny_models):
