@@ -264,11 +264,13 @@ def build_app(config: ServeConfig):
         return model_deployment(served, serve.ingress()(DirectModelServer),
                                 config.drain_timeout_s).bind(
             config, served.spec, served.deployment.torch_threads,
-            stuck_batch_s=served.deployment.stuck_batch_s)
+            stuck_batch_s=served.deployment.stuck_batch_s,
+            concurrent_batches=served.deployment.concurrent_batches)
     handles = {
         served.name: model_deployment(served, drain_timeout_s=config.drain_timeout_s).bind(
             served.spec, served.deployment.torch_threads,
-            stuck_batch_s=served.deployment.stuck_batch_s)
+            stuck_batch_s=served.deployment.stuck_batch_s,
+            concurrent_batches=served.deployment.concurrent_batches)
         for served in config.models
     }
     return ingress_deployment(config).bind(config, handles)

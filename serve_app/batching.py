@@ -32,6 +32,11 @@ and waiting for them would
 idle the model: a refill that gains less than half of what it waited for costs credit, and
 with none left the batcher stops refilling, trying again after a few batches.
 
+Concurrency: with ``concurrency`` > 1 (an embedding model on a CPU, serve_app/deployment.py)
+up to that many batches run at once, each through ``run_shared`` (on its share of the
+cores), while the replica has lately held more requests than one batch takes; otherwise a
+batch runs alone through ``run_batch`` (on every core) and no other starts beside it.
+
 Burst wait: a batch smaller than the maximum waits up to ``wait_s`` for a burst still
 arriving. The same credit rule applies to it: a wait that gains no request costs credit, and
 without credit the batcher stops waiting (trying again every few batches). A lone
@@ -99,6 +104,8 @@ class DrainBatcher(Generic[In, Out]):
         wait_s: float = 0.0,
         on_batch: Callable[[int, list[float]], None] | None = None,
         refill_fraction: float = REFILL_FRACTION,
+        concurrency: int = 1,
+        run_shared: Callable[[list[In]], Sequence[Out]] | None = None,
     ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
@@ -106,7 +113,11 @@ class DrainBatcher(Generic[In, Out]):
             raise ValueError(f"wait_s must be >= 0, got {wait_s}")
         if not 0 <= refill_fraction <= 1:
             raise ValueError(f"refill_fraction must be in [0, 1], got {refill_fraction}")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         self.run_batch = run_batch
+        self.concurrency = concurrency
+        self.run_shared = run_shared or run_batch
         self.max_batch_size = max_batch_size
         self.wait_s = wait_s
         self.refill_fraction = refill_fraction
@@ -126,9 +137,15 @@ class DrainBatcher(Generic[In, Out]):
         self._last_run_s = 0.0  # how long the last batch ran
         self._arrived: asyncio.Event | None = None
         self._full: asyncio.Event | None = None
+        self._slot_free: asyncio.Event | None = None  # set when a running batch ends
         self._worker: asyncio.Task | None = None
-        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="raysight-model")
-        self._batch_started: float | None = None  # monotonic start of the running batch
+        self._model_threads = ThreadPoolExecutor(concurrency, thread_name_prefix="raysight-model")
+        self._running: dict[int, float] = {}  # running batches: id -> monotonic start
+        self._running_items = 0
+        self._peak_load = 0  # most requests in the replica lately (see `_note_load`)
+        self._peak_at = 0.0
+        self._solo = False  # the running batch has the cores to itself (see `_shares`)
+        self._batch_tasks: set[asyncio.Task] = set()
         self._closed = False
 
     @property
@@ -136,9 +153,9 @@ class DrainBatcher(Generic[In, Out]):
         return len(self._waiting)
 
     def running_for(self) -> float:
-        """Seconds the running batch has been on the model thread (0 when none runs)."""
-        started = self._batch_started
-        return 0.0 if started is None else time.monotonic() - started
+        """Seconds the longest-running batch has been on a model thread (0 when none runs)."""
+        starts = list(self._running.values())
+        return time.monotonic() - min(starts) if starts else 0.0
 
     def fault(self) -> str | None:
         """Why this batcher can no longer run batches, or None while it can: closed, or its
@@ -158,6 +175,7 @@ class DrainBatcher(Generic[In, Out]):
         a batch that forms waits for it (up to `prepare_wait_s`) instead of leaving it to
         wait for the whole next batch."""
         self._incoming += 1
+        self._note_load()
         try:
             yield
         finally:
@@ -181,6 +199,7 @@ class DrainBatcher(Generic[In, Out]):
         self._start_worker()
         future = asyncio.get_running_loop().create_future()
         self._waiting.append(_Waiting(item, future, time.monotonic()))
+        self._note_load()
         self._arrived.set()
         if self._expected_here():
             self._full.set()
@@ -190,11 +209,16 @@ class DrainBatcher(Generic[In, Out]):
         if self._worker is None or self._worker.done():
             self._arrived = asyncio.Event()
             self._full = asyncio.Event()
+            self._slot_free = asyncio.Event()
             self._worker = asyncio.get_running_loop().create_task(self._work())
 
     async def _work(self) -> None:
         while True:
             await self._arrived.wait()
+            if self._running and (self._solo or len(self._running) >= self.concurrency):
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
             goal, patience, here_only = self.max_batch_size, self.wait_s, False
             refill_s = self._refill_until - time.monotonic()
             before = len(self._waiting)
@@ -228,8 +252,36 @@ class DrainBatcher(Generic[In, Out]):
                 self._arrived.clear()
             if len(self._waiting) < self.max_batch_size:
                 self._full.clear()
-            if batch:
-                await self._run(batch)
+            if not batch:
+                continue
+            shared = self.concurrency > 1 and self._shares()
+            # Counted as running from here: the loop must not start another before it runs.
+            self._running[id(batch)] = time.monotonic()
+            self._running_items += len(batch)
+            if self.concurrency == 1:
+                await self._run(batch, shared=False)
+                continue
+            self._solo = not shared
+            task = asyncio.get_running_loop().create_task(self._run(batch, shared))
+            self._batch_tasks.add(task)
+            task.add_done_callback(self._batch_tasks.discard)
+
+    def _note_load(self) -> None:
+        """Keep the most requests the replica held (waiting, being prepared, in a running
+        batch) over the last two batches' run time (at least a second)."""
+        now = time.monotonic()
+        load = len(self._waiting) + self._incoming + self._running_items
+        if load >= self._peak_load or now - self._peak_at > max(1.0, 2 * self._last_run_s):
+            self._peak_load, self._peak_at = load, now
+
+    def _shares(self) -> bool:
+        """Whether the batch being started shares the cores with others (`run_shared`): when
+        one already runs (itself shared), or when the replica has lately held more requests
+        than one batch takes, so another batch will start beside it. Otherwise it runs on
+        every core (`run_batch`) and no other starts beside it: one client's request, or a
+        load that one batch holds, is answered as fast as the model goes."""
+        self._note_load()
+        return bool(self._running) or self._peak_load > self.max_batch_size
 
     async def _wait_for(self, goal: int, here_only: bool, patience: float) -> None:
         """Wait up to `patience` for `goal` items (or, `here_only`, for every request in the
@@ -267,8 +319,8 @@ class DrainBatcher(Generic[In, Out]):
                 batch.append(waiting)
         return batch
 
-    async def _run(self, batch: list[_Waiting]) -> None:
-        started = time.monotonic()
+    async def _run(self, batch: list[_Waiting], shared: bool) -> None:
+        started = self._running[id(batch)]
         waits = [started - waiting.enqueued for waiting in batch]
         if self.on_batch is not None:
             try:
@@ -277,12 +329,14 @@ class DrainBatcher(Generic[In, Out]):
                 logger.exception("batch metrics callback failed")
         loop = asyncio.get_running_loop()
         items = [waiting.item for waiting in batch]
+        run = self.run_shared if shared else self.run_batch
         try:
             try:
-                self._batch_started = started
-                results = await loop.run_in_executor(self._model_thread, self.run_batch, items)
+                results = await loop.run_in_executor(self._model_threads, run, items)
             finally:
-                self._batch_started = None
+                del self._running[id(batch)]
+                self._running_items -= len(batch)
+                self._slot_free.set()
                 ended = time.monotonic()
                 self._last_run_s = ended - started
                 self._refill_goal = len(self._waiting) + len(batch)
@@ -309,4 +363,4 @@ class DrainBatcher(Generic[In, Out]):
             if not waiting.future.done():
                 waiting.future.cancel()
         self._waiting.clear()
-        self._model_thread.shutdown(wait=False)
+        self._model_threads.shutdown(wait=False)

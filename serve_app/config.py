@@ -49,6 +49,15 @@ class DeploymentOptions(_Frozen):
         description="Threads torch uses in a replica. Default: all cores of the machine "
         "(Ray would otherwise pin a 1-CPU replica to one thread and leave cores idle).",
     )
+    concurrent_batches: int | None = Field(
+        None,
+        gt=0,
+        description="Batches a replica runs at once, each on an equal share of torch_threads, "
+        "while more requests wait than one batch takes (a batch holding everything waiting "
+        "still gets every thread). Default: 2 for an embedding model on a CPU with 2 or more "
+        "threads (two single-threaded batches side by side served 1.14x one two-threaded "
+        "batch after another on 2 cores), else 1.",
+    )
     env_vars: dict[str, str] = Field(
         default_factory=lambda: {"OMP_WAIT_POLICY": "PASSIVE"},
         description="Environment variables of each replica process. The default lets idle "
