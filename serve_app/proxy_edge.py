@@ -154,9 +154,21 @@ class AdmissionAtProxy:
             await _send_json(send, 503, route.refusal, route.retry_after)
             return
 
+        held = pool is not None  # this request holds a place in its pool
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                pool.in_flight -= 1
+
         async def learning_send(message) -> None:
             if message["type"] == "http.response.start":
                 message = self._learn(path, message)
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                # The answer is complete: its place is free before its client can send the
+                # next request (Serve's proxy returns from the call a moment later).
+                release()
             await send(message)
 
         if pool is not None:
@@ -168,8 +180,7 @@ class AdmissionAtProxy:
                 await asyncio.sleep(0)
             await self.app(scope, receive, learning_send)
         finally:
-            if pool is not None:
-                pool.in_flight -= 1
+            release()
 
     def _learn(self, path: str, start: dict) -> dict:
         """Take ADMISSION_HEADER out of a response start, and note the path's route."""

@@ -199,3 +199,39 @@ def test_a_new_limit_from_the_ingress_replaces_the_old_one():
     proxy = asyncio.run(scenario())
     [pool] = proxy.pools.values()
     assert (pool.limit, pool.in_flight) == (5, 0)
+
+
+def test_a_place_is_free_once_its_answer_is_complete():
+    # Serve's proxy returns from the call a moment after the answer's last byte; a client
+    # that sends its next request at once must find its place free (capacity 1 here).
+    class LingeringApp(HeldApp):
+        def __init__(self, told: bytes):
+            super().__init__(told)
+            self.linger = False
+            self.lingering = asyncio.Event()
+            self.done_lingering = asyncio.Event()
+
+        async def __call__(self, scope, receive, send):
+            await super().__call__(scope, receive, send)
+            if self.linger:
+                self.linger = False
+                self.lingering.set()
+                await self.done_lingering.wait()
+
+    async def scenario():
+        ingress = LingeringApp(_told(limit=1))
+        proxy = AdmissionAtProxy(ingress)
+        ingress.release.set()
+        await _request(proxy, "/search")  # learns the pool of /search
+        ingress.linger = True
+        first = asyncio.create_task(_request(proxy, "/search"))
+        await ingress.lingering.wait()  # answered in full, the call not yet returned
+        second = await _request(proxy, "/search")
+        ingress.done_lingering.set()
+        await first
+        return second, proxy
+
+    second, proxy = asyncio.run(scenario())
+    assert second[0]["status"] == 200
+    [pool] = proxy.pools.values()
+    assert pool.in_flight == 0  # released once, not twice
