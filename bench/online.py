@@ -17,7 +17,8 @@ from typing import Callable
 from bench.bounds import SERVE_OVERHEAD_GROUPS, cpu_split, generation_split, process_groups
 from bench.inprocess import EngineRunner, Measured
 from bench.loadgen import Load, LoadGenerator
-from bench.report import find, median_row, row
+from bench.paired_latency import paired_latency
+from bench.report import median_row, row
 from bench.servers import MBS1_PREFIX, flask_server, raysight_server, reference_server
 from bench.settings import BenchSettings
 
@@ -141,7 +142,9 @@ def online_embeddings(folder: str, max_batch_size: int, settings: BenchSettings,
         }
         rows = compare("online_embeddings", variants, settings.embed_clients,
                        settings.embed_window_s, "requests_per_s", "throughput", "img/s", log)
-        return rows + split + _latency_over_ceiling(rows, min(settings.embed_clients))
+        latency = paired_latency(serve_url, path, "clip", runner, settings.latency_pairs,
+                                 "online_embeddings", "raysight", log)
+        return rows + split + latency
 
 
 def _cpu_outside_replica_steady(result: dict, groups: dict[int, str], windows: list[dict],
@@ -175,18 +178,6 @@ def _cpu_outside_replica(split: list[dict], wall_s: float, requests: int,
 
 def _overhead_cores(split: list[dict]) -> float:
     return sum(r["value"] for r in split if r["variant"] in SERVE_OVERHEAD_GROUPS)
-
-
-def _latency_over_ceiling(rows: list[dict], clients: int, scenario: str = "online_embeddings",
-                          variant: str = "raysight") -> list[dict]:
-    """raysight's p50 latency minus the in-process single request's (its batch p50), at
-    `clients` (1 in a full run)."""
-    served = find(rows, scenario, variant, "p50_ms", clients)
-    alone = find(rows, scenario, "ceiling", "p50_ms", clients)
-    if served is None or alone is None:
-        return []
-    return [row(scenario, variant, "p50_over_ceiling_ms",
-                round(served - alone, 1), unit="ms", clients=clients)]
 
 
 def online_generation(folder: str, settings: BenchSettings,

@@ -18,8 +18,8 @@ from typing import Callable
 from bench.bounds import process_groups
 from bench.inprocess import EngineRunner
 from bench.loadgen import LoadGenerator
-from bench.online import (_ceiling, _cpu_outside_replica_steady, _http, _latency_over_ceiling,
-                          compare)
+from bench.online import _ceiling, _cpu_outside_replica_steady, _http, compare
+from bench.paired_latency import paired_latency
 from bench.report import median_row, row
 from bench.servers import raysight_server, reference_server
 from bench.settings import BenchSettings
@@ -90,8 +90,9 @@ def online_embeddings_direct(folder: str, max_batch_size: int, settings: BenchSe
             }
             rows = compare(SCENARIO, variants, settings.embed_clients, settings.embed_window_s,
                            "requests_per_s", "throughput", "img/s", log)
-        return rows + steady + timing + _latency_over_ceiling(rows, min(settings.embed_clients),
-                                                              SCENARIO, VARIANT)
+            latency = paired_latency(serve_url, path, "clip", runner, settings.latency_pairs,
+                                     SCENARIO, VARIANT, log)
+        return rows + steady + timing + latency
     finally:
         from ray import serve
 

@@ -19,6 +19,9 @@ class BenchSettings:
     # `repeats` windows this long, the first lasting until every client has had one more
     # (see bench/loadgen.py).
     embed_window_s: float = 1.0
+    # The 1-client latency target: requests over HTTP and in this process, side by side
+    # (bench/paired_latency.py).
+    latency_pairs: int = 24
     chat_window_s: float = 1.0
     new_tokens: int = 16
     chat_max_batch_size: int = 32  # one batch holds every client of the 32-client point
@@ -47,7 +50,7 @@ class BenchSettings:
 FULL = BenchSettings()
 QUICK = BenchSettings(
     quick=True, repeats=1, embed_clients=(1, 8), chat_clients=(1, 8), embed_window_s=0.5,
-    chat_window_s=0.5, new_tokens=8, chat_max_batch_size=8,
+    chat_window_s=0.5, latency_pairs=3, new_tokens=8, chat_max_batch_size=8,
     sweep_batches=(1, 8), sweep_window_s=0.2, auto_sweep_budget_s=1.0, offline_images=64,
     offline_loop_segment_s=1.0,
     cold_start_repeats=1, serve_batch_clients=8, serve_batch_window_s=0.5,

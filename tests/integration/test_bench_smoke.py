@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.settings import QUICK
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,6 +75,18 @@ def test_quick_bench_writes_json_and_plots(tmp_path):
     assert replica_ms["clients"] == alone["clients"]
     assert direct[("raysight_direct", "replica_queue_ms")]["value"] >= 0
     assert extra["p50_over_ceiling_ms"]["clients"] == 1
+    # The 1-client figure comes from requests side by side with the in-process ones
+    # (bench/paired_latency.py): both p50s are kept, and the figure is their difference.
+    for scenario, variant in (("online_embeddings", "raysight"),
+                              ("online_embeddings_direct", "raysight_direct")):
+        paired = {(r["variant"], r["metric"]): r for r in payload["rows"]
+                  if r["scenario"] == scenario and r.get("pairs")}
+        served = paired[(variant, "paired_p50_ms")]["value"]
+        alone = paired[("ceiling", "paired_p50_ms")]["value"]
+        assert served > 0 and alone > 0
+        assert paired[(variant, "p50_over_ceiling_ms")]["value"] == pytest.approx(
+            served - alone, abs=0.15)
+        assert paired[(variant, "p50_over_ceiling_ms")]["pairs"] == QUICK.latency_pairs
     served = [r["value"] for r in payload["rows"] if r["scenario"] == "online_embeddings"
               and r["metric"] == "throughput" and r["variant"] == "raysight"]
     assert served and all(value > 0 for value in served)
