@@ -24,13 +24,13 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 from bench.inprocess import EngineRunner
-from bench.loadgen import percentile
+from bench.loadgen import percentile, server_timing
 from bench.report import row
 
 WARM_UP_PAIRS = 2  # not counted: the first request of a shape builds kernels on both sides
 
 
-def paired_latency(url: str, path: str, model: str, runner: EngineRunner, pairs: int,
+def paired_latency(url: str, path: str, model_name: str, runner: EngineRunner, pairs: int,
                    scenario: str, variant: str, log: Callable[[str], None]) -> list[dict]:
     """`pairs` alternating (HTTP request, in-process request) pairs of one new image each: the
     p50 of each side and the target's figure, the server's p50 over the in-process one."""
@@ -43,31 +43,48 @@ def paired_latency(url: str, path: str, model: str, runner: EngineRunner, pairs:
     client = _Client(url)
     served: list[float] = []
     alone: list[float] = []
+    model: list[float] = []  # the replica's own run of each request's batch (Server-Timing)
     try:
         for number in range(WARM_UP_PAIRS + pairs):
             image = next(images)
-            body = json.dumps(embedding_body(model, image)).encode()
+            body = json.dumps(embedding_body(model_name, image)).encode()
             request = EmbedRequest(image=data_url(image))
-            steps = [lambda: client.post(path, body), lambda: runner.engine.run([request])]
-            timed = [_seconds(step) for step in (steps if number % 2 == 0 else steps[::-1])]
+            http_first = number % 2 == 0
+            if not http_first:
+                engine_s = _seconds(lambda: runner.engine.run([request]))
+            began = time.perf_counter()
+            timing = client.post(path, body)
+            http_s = time.perf_counter() - began
+            if http_first:
+                engine_s = _seconds(lambda: runner.engine.run([request]))
             if number >= WARM_UP_PAIRS:
-                http_s, engine_s = timed if number % 2 == 0 else timed[::-1]
                 served.append(1000 * http_s)
                 alone.append(1000 * engine_s)
+                _, model_ms = server_timing(timing)
+                if model_ms is not None:
+                    model.append(model_ms)
     finally:
         client.close()
     over = percentile(served, 0.5) - percentile(alone, 0.5)
     differences = [s - a for s, a in zip(served, alone)]
-    log(f"  1 client, {pairs} pairs side by side: p50 {percentile(served, 0.5):.1f} ms over HTTP, "
-        f"{percentile(alone, 0.5):.1f} ms in this process: {over:+.1f} ms (median pair "
-        f"difference {statistics.median(differences):+.1f} ms)")
     extra = {"unit": "ms", "clients": 1, "pairs": pairs}
-    return [
+    rows = [
         row(scenario, variant, "paired_p50_ms", round(percentile(served, 0.5), 1), **extra),
         row(scenario, "ceiling", "paired_p50_ms", round(percentile(alone, 0.5), 1), **extra),
         row(scenario, variant, "p50_over_ceiling_ms", round(over, 1), **extra,
             median_pair_difference_ms=round(statistics.median(differences), 1)),
     ]
+    in_replica = ""
+    if len(model) == len(served):
+        # Where the difference goes: the replica's forward against this process's, and the
+        # rest of the request (HTTP, decoding, preprocessing, the hops between them).
+        rows.append(row(scenario, variant, "paired_replica_model_p50_ms",
+                        round(percentile(model, 0.5), 1), **extra))
+        in_replica = f"; the replica's batch ran {percentile(model, 0.5):.1f} ms (p50)"
+    log(f"  1 client, {pairs} pairs side by side: p50 {percentile(served, 0.5):.1f} ms over HTTP, "
+        f"{percentile(alone, 0.5):.1f} ms in this process: {over:+.1f} ms (median pair "
+        f"difference {statistics.median(differences):+.1f} ms){in_replica}")
+    return rows
 
 
 def _seconds(step: Callable[[], object]) -> float:
@@ -85,7 +102,8 @@ class _Client:
         self.prefix = parts.path.rstrip("/")
         self.connection: http.client.HTTPConnection | None = None
 
-    def post(self, path: str, body: bytes) -> bytes:
+    def post(self, path: str, body: bytes) -> str:
+        """POST `body`; the answer's Server-Timing header ("" without one)."""
         if self.connection is None:
             self.connection = http.client.HTTPConnection(self.host, self.port, timeout=120)
         try:
@@ -98,7 +116,7 @@ class _Client:
             raise
         if response.status != 200:
             raise RuntimeError(f"{self.prefix}{path} answered {response.status}: {answer[:200]!r}")
-        return answer
+        return response.getheader("server-timing", "")
 
     def close(self) -> None:
         if self.connection is not None:
