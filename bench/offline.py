@@ -165,7 +165,7 @@ def offline_embed(model_folder: str, batch: int, actors: int, torch_threads: int
         # The job's actors go on using the cores for a few seconds after it returns
         # (measured: ~1.1 cores in the first second, 0.3 in the next): the loop's last
         # stretch waits until they are done, so it is not timed beside them.
-        quiet_s = wait_until_quiet()
+        quiet_s = wait_until_quiet(timeout_s=min(30.0, 4 * settings.offline_loop_segment_s))
         log(f"  (the machine was quiet {quiet_s:.1f} s after the job)")
         loop_figures += loop(1, "loop-after")
     return [

@@ -22,14 +22,15 @@ ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ("batch_sweep", "online_embeddings", "offline_embed", "online_embeddings_direct")
 
 
-@pytest.mark.timeout(200)
+# ~130 s on this machine when it is quiet, 179 s in a CI run on a slow morning.
+@pytest.mark.timeout(330)
 def test_quick_bench_writes_json_and_plots(tmp_path):
     command = [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)]
     for scenario in SCENARIOS:
         command += ["--only", scenario]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=190)
+                          timeout=320)
     assert done.returncode == 0, done.stderr[-3000:]
 
     payload = json.loads((tmp_path / "latest.json").read_text())
